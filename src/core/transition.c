@@ -1,0 +1,386 @@
+/*
+ * transition.c - memsleep_release() and memsleep_resume(), all-or-nothing.
+ *
+ * A transition runs in three parts:
+ *   1. plan (under the lock): check every argument, mark the tags busy, wait
+ *      for allocations in flight, take a snapshot of the allocations;
+ *   2. work (no lock): backend operations, each step recorded in the
+ *      allocation's `did` bits;
+ *   3. commit or roll back: on any failure, undo the recorded steps in
+ *      reverse, then publish the tags' states and clear busy.
+ *
+ * Release saves every backup before it frees any physical memory, and frees
+ * the memory of backed-up allocations before that of the others, so that a
+ * failure loses nothing that a retry needs. If a rollback step itself fails
+ * (two failures in one call), the allocation stays released with its backup
+ * intact and its tag is reported asleep: a later resume completes it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "fault.h"
+#include "state.h"
+
+/* The devices a transition issued asynchronous work on, to sync each once. */
+#define MS__SYNC_MAX 64
+typedef struct ms__syncset {
+  const ms__backend_t *be[MS__SYNC_MAX];
+  int dev[MS__SYNC_MAX];
+  size_t n;
+} ms__syncset_t;
+
+static void ms__syncset_add(ms__syncset_t *s, const ms__backend_t *be, int dev) {
+  for (size_t i = 0; i < s->n; i++)
+    if (s->be[i] == be && s->dev[i] == dev)
+      return;
+  if (s->n < MS__SYNC_MAX) {
+    s->be[s->n] = be;
+    s->dev[s->n] = dev;
+    s->n++;
+  }
+}
+
+/* Syncs every device in s (all of them, even after a failure, so no copy is
+ * left running); returns the first error. */
+static int ms__syncset_sync(ms__syncset_t *s) {
+  int first = 0;
+  for (size_t i = 0; i < s->n; i++) {
+    int rc = ms__op_sync(s->be[i], s->dev[i]);
+    if (rc != 0 && first == 0)
+      first = rc;
+  }
+  s->n = 0;
+  return first;
+}
+
+typedef struct ms__plan {
+  ms__tag_t **tags;
+  size_t ntags;
+  ms__alloc_t **allocs;
+  size_t nallocs;
+} ms__plan_t;
+
+static void ms__plan_free(ms__plan_t *p) {
+  free(p->tags);
+  free(p->allocs);
+}
+
+/* Checks the arguments and claims the tags. want_asleep is the state every
+ * named tag must be in (0 for a release, 1 for a resume). On success the
+ * tags are busy and p holds them and their allocations. */
+static int ms__plan_begin(const char *verb, const char *const *tags, size_t ntags, int want_asleep,
+                          ms__plan_t *p) {
+  memset(p, 0, sizeof *p);
+  if (ntags > 0 && tags == NULL)
+    return ms__fail(MEMSLEEP_EINVAL, "%s: tags is NULL but ntags is %zu", verb, ntags);
+  for (size_t i = 0; i < ntags; i++) {
+    int rc = ms__tag_check(tags[i]);
+    if (rc != 0) {
+      ms__fail_append(" (%s, tag #%zu)", verb, i);
+      return rc;
+    }
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(tags[i], tags[j]) == 0)
+        return ms__fail(MEMSLEEP_EINVAL, "%s: tag \"%s\" is named twice (#%zu and #%zu)", verb,
+                        tags[i], j, i);
+  }
+
+  int rc = 0;
+  pthread_mutex_lock(&ms__g.lock);
+  size_t cap = ntags > 0 ? ntags : ms__g.ntags;
+  p->tags = calloc(cap ? cap : 1, sizeof *p->tags);
+  if (p->tags == NULL)
+    rc = ms__fail(MEMSLEEP_ENOMEM, "%s: out of host memory for %zu tags", verb, cap);
+  for (size_t i = 0; rc == 0 && i < ntags; i++) {
+    ms__tag_t *t = ms__tag_find(tags[i]);
+    if (t == NULL)
+      rc = ms__fail(MEMSLEEP_ENOTFOUND, "%s: tag \"%s\" was never used", verb, tags[i]);
+    else if (t->asleep != want_asleep)
+      rc = ms__fail(MEMSLEEP_ESTATE, "%s: tag \"%s\" is already %s", verb, tags[i],
+                    t->asleep ? "asleep" : "awake");
+    else
+      p->tags[p->ntags++] = t;
+  }
+  for (size_t i = 0; rc == 0 && ntags == 0 && i < ms__g.ntags; i++)
+    if (ms__g.tags[i]->asleep == want_asleep)
+      p->tags[p->ntags++] = ms__g.tags[i];
+
+  if (rc == 0) {
+    for (size_t i = 0; i < p->ntags; i++)
+      p->tags[i]->busy = 1;
+    /* Allocations that were admitted before we marked the tags busy finish
+     * mapping; new ones wait for us. */
+    for (size_t i = 0; i < p->ntags; i++)
+      while (p->tags[i]->pending > 0)
+        pthread_cond_wait(&ms__g.changed, &ms__g.lock);
+    for (size_t i = 0; i < p->ntags; i++)
+      p->nallocs += p->tags[i]->stats.allocations;
+    p->allocs = calloc(p->nallocs ? p->nallocs : 1, sizeof *p->allocs);
+    if (p->allocs == NULL) {
+      rc = ms__fail(MEMSLEEP_ENOMEM, "%s: out of host memory for a list of %zu allocations", verb,
+                    p->nallocs);
+      for (size_t i = 0; i < p->ntags; i++)
+        p->tags[i]->busy = 0;
+      pthread_cond_broadcast(&ms__g.changed);
+    } else {
+      /* Allocations with a backup first: release handles them first. */
+      size_t n = 0;
+      for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < p->ntags; i++)
+          for (ms__alloc_t *a = p->tags[i]->head; a != NULL; a = a->next)
+            if (((a->flags & MEMSLEEP_BACKUP) != 0) == (pass == 0)) {
+              a->did = 0;
+              p->allocs[n++] = a;
+            }
+    }
+  }
+  pthread_mutex_unlock(&ms__g.lock);
+  if (rc != 0)
+    ms__plan_free(p);
+  return rc;
+}
+
+/* Publishes the outcome: a tag is asleep when asked (release succeeded), or
+ * when any of its allocations is not mapped with its contents in place. */
+static void ms__plan_end(ms__plan_t *p, int asleep) {
+  pthread_mutex_lock(&ms__g.lock);
+  for (size_t i = 0; i < p->ntags; i++) {
+    ms__tag_t *t = p->tags[i];
+    int sleeping = asleep;
+    for (ms__alloc_t *a = t->head; a != NULL && !sleeping; a = a->next)
+      sleeping = a->state != MS__MAPPED;
+    t->asleep = sleeping;
+    t->busy = 0;
+    ms__tag_restat(t);
+  }
+  pthread_cond_broadcast(&ms__g.changed);
+  pthread_mutex_unlock(&ms__g.lock);
+  ms__plan_free(p);
+}
+
+static void ms__backup_drop(ms__alloc_t *a) {
+  a->be->backup_free(a->device, a->backup, a->backup_bytes);
+  a->backup = NULL;
+  a->backup_bytes = 0;
+  a->backup_valid = 0;
+  a->backup_moved = 0;
+}
+
+/* Brings the contents of a mapped-but-stale allocation back: from its
+ * backup, as zeros, or (neither policy) leaves them undefined. */
+static int ms__restore_contents(ms__alloc_t *a, ms__syncset_t *sync) {
+  int rc = 0;
+  if ((a->flags & MEMSLEEP_BACKUP) && a->backup_valid) {
+    rc = ms__op_copy_in(a->be, a->device, a->backup, a->va, a->size);
+    ms__syncset_add(sync, a->be, a->device);
+  } else if ((a->flags & MEMSLEEP_ZERO) && !a->be->map_zeroes) {
+    rc = ms__op_zero(a->be, a->device, a->va, a->reserved);
+    ms__syncset_add(sync, a->be, a->device);
+  }
+  return rc;
+}
+
+/* Undoes what a failed release did, newest first. Returns how many
+ * allocations could not be put back (they stay released, backups intact). */
+static size_t ms__release_rollback(ms__plan_t *p) {
+  ms__syncset_t sync = {.n = 0};
+  size_t stuck = 0;
+  for (size_t k = p->nallocs; k-- > 0;) {
+    ms__alloc_t *a = p->allocs[k];
+    if (a->did & MS__DID_MOVE_OUT) {
+      if (ms__op_move_in(a->be, a->device, a->backup, a->va, a->reserved) == 0) {
+        a->backup = NULL;
+        a->backup_bytes = 0;
+        a->backup_valid = 0;
+        a->backup_moved = 0;
+        a->state = MS__MAPPED;
+      }
+    } else if (a->did & MS__DID_UNMAP) {
+      if (ms__op_map(a->be, a->device, a->va, a->reserved) == 0) {
+        a->state = MS__STALE;
+        if (ms__restore_contents(a, &sync) == 0)
+          a->did |= MS__DID_MAP;
+      }
+    }
+  }
+  int synced = ms__syncset_sync(&sync) == 0;
+  for (size_t k = 0; k < p->nallocs; k++) {
+    ms__alloc_t *a = p->allocs[k];
+    if (a->state == MS__STALE && (a->did & MS__DID_MAP) && synced)
+      a->state = MS__MAPPED;
+    if (a->state != MS__MAPPED) {
+      stuck++;
+      continue;
+    }
+    /* Contents are in place again: a backup made by this call goes. */
+    if (a->did & MS__DID_NEW_BACKUP)
+      ms__backup_drop(a);
+    else if (a->did & MS__DID_COPY_OUT)
+      a->backup_valid = 0;
+  }
+  return stuck;
+}
+
+int memsleep_release(const char *const *tags, size_t ntags) {
+  pthread_mutex_lock(&ms__g.transition);
+  ms__plan_t p;
+  int rc = ms__plan_begin("memsleep_release", tags, ntags, 0, &p);
+  if (rc != 0) {
+    pthread_mutex_unlock(&ms__g.transition);
+    return rc;
+  }
+
+  /* 1. Save every backup: move pages where the backend can, copy otherwise. */
+  ms__syncset_t sync = {.n = 0};
+  for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
+    ms__alloc_t *a = p.allocs[k];
+    if (!(a->flags & MEMSLEEP_BACKUP))
+      break; /* backed-up allocations come first */
+    if (a->be->move_out != NULL && a->backup == NULL) {
+      void *h = NULL;
+      rc = ms__op_move_out(a->be, a->device, a->va, a->reserved, &h);
+      if (rc == 0) {
+        a->backup = h;
+        a->backup_bytes = a->reserved;
+        a->backup_valid = 1;
+        a->backup_moved = 1;
+        a->state = MS__RELEASED;
+        a->did |= MS__DID_MOVE_OUT;
+        continue;
+      }
+      if (rc != MEMSLEEP_EUNAVAIL)
+        break;
+      rc = 0; /* this backend cannot move these pages: copy them */
+    }
+    if (a->backup == NULL) {
+      rc = ms__op_backup_alloc(a->be, a->device, a->size, &a->backup);
+      if (rc != 0)
+        break;
+      a->backup_bytes = a->size;
+      a->did |= MS__DID_NEW_BACKUP;
+    }
+    rc = ms__op_copy_out(a->be, a->device, a->va, a->backup, a->size);
+    ms__syncset_add(&sync, a->be, a->device);
+    if (rc == 0) {
+      a->backup_valid = 1;
+      a->did |= MS__DID_COPY_OUT;
+    }
+  }
+  int rc_sync = ms__syncset_sync(&sync);
+  if (rc == 0)
+    rc = rc_sync;
+
+  /* 2. Only now free physical memory, backed-up allocations first. */
+  for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
+    ms__alloc_t *a = p.allocs[k];
+    if (a->state != MS__MAPPED)
+      continue;
+    rc = ms__op_unmap(a->be, a->device, a->va, a->reserved);
+    if (rc == 0) {
+      a->state = MS__RELEASED;
+      a->did |= MS__DID_UNMAP;
+    }
+  }
+
+  if (rc != 0) {
+    size_t stuck = ms__release_rollback(&p);
+    if (stuck == 0)
+      ms__fail_append("; release undone, every tag is awake as before");
+    else
+      ms__fail_append("; undoing it failed too: %zu allocations stay released with their "
+                      "backups, their tags asleep; resume them to retry",
+                      stuck);
+  }
+  ms__plan_end(&p, rc == 0);
+  pthread_mutex_unlock(&ms__g.transition);
+  return rc;
+}
+
+/* Undoes what a failed resume did. Allocations it cannot take back stay
+ * mapped-but-stale (their backups intact); the tag stays asleep anyway and
+ * the next resume restores them. */
+static void ms__resume_rollback(ms__plan_t *p) {
+  for (size_t k = p->nallocs; k-- > 0;) {
+    ms__alloc_t *a = p->allocs[k];
+    if (a->did & MS__DID_MOVE_IN) {
+      void *h = NULL;
+      if (ms__op_move_out(a->be, a->device, a->va, a->reserved, &h) == 0) {
+        a->backup = h;
+        a->backup_bytes = a->reserved;
+        a->backup_valid = 1;
+        a->backup_moved = 1;
+        a->state = MS__RELEASED;
+      }
+    } else if (a->did & MS__DID_MAP) {
+      if (ms__op_unmap(a->be, a->device, a->va, a->reserved) == 0)
+        a->state = MS__RELEASED;
+      else
+        a->state = MS__STALE;
+    }
+  }
+}
+
+int memsleep_resume(const char *const *tags, size_t ntags) {
+  pthread_mutex_lock(&ms__g.transition);
+  ms__plan_t p;
+  int rc = ms__plan_begin("memsleep_resume", tags, ntags, 1, &p);
+  if (rc != 0) {
+    pthread_mutex_unlock(&ms__g.transition);
+    return rc;
+  }
+
+  /* 1. Physical memory for everything first: if the device is full, we
+   *    find out before copying a byte. */
+  for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
+    ms__alloc_t *a = p.allocs[k];
+    if (a->state != MS__RELEASED)
+      continue; /* left mapped by an earlier failed call */
+    if (a->backup_moved) {
+      rc = ms__op_move_in(a->be, a->device, a->backup, a->va, a->reserved);
+      if (rc == 0) {
+        a->did |= MS__DID_MOVE_IN;
+        a->state = MS__MAPPED;
+      }
+      continue;
+    }
+    rc = ms__op_map(a->be, a->device, a->va, a->reserved);
+    if (rc == 0) {
+      a->did |= MS__DID_MAP;
+      a->state = MS__STALE;
+    }
+  }
+  /* 2. Contents back, then wait for the copies. */
+  ms__syncset_t sync = {.n = 0};
+  for (size_t k = 0; rc == 0 && k < p.nallocs; k++)
+    if (p.allocs[k]->state == MS__STALE)
+      rc = ms__restore_contents(p.allocs[k], &sync);
+  int rc_sync = ms__syncset_sync(&sync);
+  if (rc == 0)
+    rc = rc_sync;
+
+  if (rc != 0) {
+    ms__resume_rollback(&p);
+    ms__fail_append("; resume undone, the tags stay asleep with their backups");
+  } else {
+    for (size_t k = 0; k < p.nallocs; k++) {
+      ms__alloc_t *a = p.allocs[k];
+      if (a->did & MS__DID_MOVE_IN) {
+        a->backup = NULL; /* its pages are the allocation's again */
+        a->backup_bytes = 0;
+        a->backup_valid = 0;
+        a->backup_moved = 0;
+      }
+      a->state = MS__MAPPED;
+      if (a->backup != NULL) {
+        if (a->be->keep_backups)
+          a->backup_valid = 0; /* kept for the next release to reuse */
+        else
+          ms__backup_drop(a);
+      }
+    }
+  }
+  ms__plan_end(&p, rc != 0);
+  pthread_mutex_unlock(&ms__g.transition);
+  return rc;
+}
