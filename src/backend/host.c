@@ -162,7 +162,9 @@ static int ms__host_move_out(int device, void *va, size_t size, void **host) {
     return ms__fail(MEMSLEEP_EBACKEND, "mprotect(%p, %zu bytes, PROT_NONE): %s", va, size,
                     strerror(err));
   }
-  void *p = mremap(va, size, size, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+  /* The fifth argument must be given: recent kernels read it as a hint with
+   * MREMAP_DONTUNMAP and refuse an unaligned one. */
+  void *p = mremap(va, size, size, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL);
   if (p == MAP_FAILED) {
     int err = errno;
     mprotect(va, size, PROT_READ | PROT_WRITE);
