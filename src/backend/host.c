@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "core/backend.h"
@@ -77,8 +78,27 @@ static int ms__host_unreserve(int device, void *va, size_t size) {
   return 0;
 }
 
+/* Mapping populates every page, so a mapping larger than the machine's RAM
+ * and swap together could only end with the kernel's out-of-memory killer:
+ * refuse it up front, whatever the overcommit setting. */
+static int ms__host_fits(size_t size) {
+  struct sysinfo si;
+  if (sysinfo(&si) != 0)
+    return 0;
+  unsigned long long unit = si.mem_unit ? si.mem_unit : 1;
+  unsigned long long limit = ((unsigned long long)si.totalram + si.totalswap) * unit;
+  if ((unsigned long long)size > limit)
+    return ms__fail(MEMSLEEP_ENOMEM,
+                    "host mapping of %zu bytes: more than this machine's RAM and swap (%llu bytes)",
+                    size, limit);
+  return 0;
+}
+
 static int ms__host_map(int device, void *va, size_t size) {
   (void)device;
+  int rc = ms__host_fits(size);
+  if (rc != 0)
+    return rc;
   /* Populated now so that resident_bytes is what is really there, and an
    * out-of-memory shows here rather than as a fault later. */
   void *p = mmap(va, size, PROT_READ | PROT_WRITE,
