@@ -98,8 +98,8 @@ int main(int argc, char **argv) {
 
   /* Baseline: memcpy of the same bytes into pages that already exist (the
    * destination is written once first), best of three. */
-  char *dst = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-                   -1, 0);
+  char *dst =
+      mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (dst == MAP_FAILED) {
     perror("mmap baseline");
     return 1;

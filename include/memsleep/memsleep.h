@@ -34,17 +34,17 @@ extern "C" {
 
 enum {
   MEMSLEEP_OK = 0,
-  MEMSLEEP_EINVAL = -1,   /* bad argument: NULL, zero/absurd size, bad tag, flags */
-  MEMSLEEP_ENOMEM = -2,   /* no room (address space, physical or host memory) */
-  MEMSLEEP_ESTATE = -3,   /* wrong state: tag already asleep/awake, ... */
+  MEMSLEEP_EINVAL = -1,    /* bad argument: NULL, zero/absurd size, bad tag, flags */
+  MEMSLEEP_ENOMEM = -2,    /* no room (address space, physical or host memory) */
+  MEMSLEEP_ESTATE = -3,    /* wrong state: tag already asleep/awake, ... */
   MEMSLEEP_ENOTFOUND = -4, /* unknown tag or pointer */
-  MEMSLEEP_EBACKEND = -5, /* the backend (mmap, CUDA driver) failed */
-  MEMSLEEP_EUNAVAIL = -6  /* backend not available here (no driver, no GPU) */
+  MEMSLEEP_EBACKEND = -5,  /* the backend (mmap, CUDA driver) failed */
+  MEMSLEEP_EUNAVAIL = -6   /* backend not available here (no driver, no GPU) */
 };
 
-#define MEMSLEEP_HOST (-1)   /* device value for host memory */
+#define MEMSLEEP_HOST   (-1) /* device value for host memory */
 #define MEMSLEEP_BACKUP 0x1u /* keep contents across release/resume */
-#define MEMSLEEP_ZERO 0x2u   /* no backup: read as zeros after resume */
+#define MEMSLEEP_ZERO   0x2u /* no backup: read as zeros after resume */
 
 #define MEMSLEEP_TAG_MAX 63 /* longest tag name, in characters */
 
@@ -82,6 +82,14 @@ MEMSLEEP_API int memsleep_is_asleep(const char *tag);
 
 /* Fills *out with the figures of tag (NULL: the sum over all tags). */
 MEMSLEEP_API int memsleep_stats(const char *tag, memsleep_stats_t *out);
+
+/*
+ * Like memsleep_stats(), but resident_bytes is measured from the backend
+ * (which pages really have physical memory behind them now) rather than
+ * taken from memsleep's bookkeeping. Costs a walk over every allocation of
+ * the tag: meant for checks and reports, not for hot paths.
+ */
+MEMSLEEP_API int memsleep_measure(const char *tag, memsleep_stats_t *out);
 
 /*
  * Regions: a thread-local, nestable stack of (tag, flags). The innermost

@@ -20,6 +20,7 @@
 #endif
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -125,6 +126,27 @@ static int ms__host_unmap(int device, void *va, size_t size) {
   return 0;
 }
 
+static int ms__host_resident(int device, const void *va, size_t size, size_t *out_bytes) {
+  (void)device;
+  size_t page = 0;
+  ms__host_granularity(MEMSLEEP_HOST, &page);
+  enum { WINDOW = 4096 }; /* pages asked about per mincore() call */
+  unsigned char vec[WINDOW];
+  size_t pages = (size + page - 1) / page, resident = 0;
+  for (size_t first = 0; first < pages; first += WINDOW) {
+    size_t n = pages - first < WINDOW ? pages - first : WINDOW;
+    void *at = (char *)(uintptr_t)va + first * page;
+    if (mincore(at, n * page, vec) != 0) {
+      int err = errno;
+      return ms__fail(MEMSLEEP_EBACKEND, "mincore(%p, %zu bytes): %s", at, n * page, strerror(err));
+    }
+    for (size_t i = 0; i < n; i++)
+      resident += vec[i] & 1u;
+  }
+  *out_bytes = resident * page;
+  return 0;
+}
+
 static int ms__host_zero(int device, void *va, size_t size) {
   (void)device;
   memset(va, 0, size);
@@ -133,8 +155,8 @@ static int ms__host_zero(int device, void *va, size_t size) {
 
 static int ms__host_backup_alloc(int device, size_t size, void **host) {
   (void)device;
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-                 -1, 0);
+  void *p =
+      mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (p == MAP_FAILED) {
     int err = errno;
     return ms__fail(ms__host_errno_code(err), "mmap(backup, %zu bytes): %s", size, strerror(err));
@@ -228,6 +250,7 @@ const ms__backend_t ms__host_backend = {
     .map = ms__host_map,
     .unmap = ms__host_unmap,
     .zero = ms__host_zero,
+    .resident = ms__host_resident,
     .backup_alloc = ms__host_backup_alloc,
     .backup_free = ms__host_backup_free,
     .copy_out = ms__host_copy_out,

@@ -40,6 +40,10 @@ typedef struct ms__backend {
   /* Sets a mapped range to zeros (may complete at sync()). */
   int (*zero)(int device, void *va, size_t size);
 
+  /* Measures how many bytes of [va, va+size) have physical memory behind
+   * them now (not what the core believes is mapped). */
+  int (*resident)(int device, const void *va, size_t size, size_t *out_bytes);
+
   /* Host memory for a backup of size bytes of device memory. */
   int (*backup_alloc)(int device, size_t size, void **host);
   void (*backup_free)(int device, void *host, size_t size);

@@ -31,7 +31,9 @@ void ms__fail_append(const char *fmt, ...) {
   va_end(ap);
 }
 
-const char *memsleep_last_error(void) { return ms__last_error; }
+const char *memsleep_last_error(void) {
+  return ms__last_error;
+}
 
 const char *memsleep_strerror(int err) {
   switch (err) {

@@ -10,8 +10,8 @@
 #include "error.h"
 #include "memsleep/memsleep.h"
 
-static atomic_long ms__fault_at;     /* 0: disarmed; else fire at this count */
-static atomic_long ms__fault_seen;   /* counted operations since arming */
+static atomic_long ms__fault_at;   /* 0: disarmed; else fire at this count */
+static atomic_long ms__fault_seen; /* counted operations since arming */
 static atomic_int ms__fault_sticky;
 
 void ms__fault_arm(long k, int sticky) {
@@ -20,7 +20,9 @@ void ms__fault_arm(long k, int sticky) {
   atomic_store(&ms__fault_at, k < 0 ? 0 : k);
 }
 
-long ms__fault_count(void) { return atomic_load(&ms__fault_seen); }
+long ms__fault_count(void) {
+  return atomic_load(&ms__fault_seen);
+}
 
 int ms__fault_hit(const char *op, const void *va, size_t size) {
   long at = atomic_load_explicit(&ms__fault_at, memory_order_relaxed);

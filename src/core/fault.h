@@ -64,8 +64,7 @@ static inline int ms__op_move_out(const ms__backend_t *be, int dev, void *va, si
   int rc = ms__fault_hit("move_out", va, size);
   return rc ? rc : be->move_out(dev, va, size, h);
 }
-static inline int ms__op_move_in(const ms__backend_t *be, int dev, void *h, void *va,
-                                 size_t size) {
+static inline int ms__op_move_in(const ms__backend_t *be, int dev, void *h, void *va, size_t size) {
   int rc = ms__fault_hit("move_in", va, size);
   return rc ? rc : be->move_in(dev, h, va, size);
 }

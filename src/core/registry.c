@@ -55,8 +55,9 @@ static void ms__tag_unlink(ms__alloc_t *a) {
 
 int ms__flags_check(unsigned flags) {
   if (flags & ~(MEMSLEEP_BACKUP | MEMSLEEP_ZERO))
-    return ms__fail(MEMSLEEP_EINVAL, "flags 0x%x: unknown bits 0x%x (known: MEMSLEEP_BACKUP 0x1, "
-                                     "MEMSLEEP_ZERO 0x2)",
+    return ms__fail(MEMSLEEP_EINVAL,
+                    "flags 0x%x: unknown bits 0x%x (known: MEMSLEEP_BACKUP 0x1, "
+                    "MEMSLEEP_ZERO 0x2)",
                     flags, flags & ~(MEMSLEEP_BACKUP | MEMSLEEP_ZERO));
   if ((flags & MEMSLEEP_BACKUP) && (flags & MEMSLEEP_ZERO))
     return ms__fail(MEMSLEEP_EINVAL,
@@ -93,8 +94,9 @@ int memsleep_alloc(void **ptr, size_t size, int device, const char *tag, unsigne
 
   ms__alloc_t *a = calloc(1, sizeof *a);
   if (a == NULL)
-    return ms__fail(MEMSLEEP_ENOMEM, "memsleep_alloc(%zu bytes, tag \"%s\"): out of host memory "
-                                     "for the allocation record",
+    return ms__fail(MEMSLEEP_ENOMEM,
+                    "memsleep_alloc(%zu bytes, tag \"%s\"): out of host memory "
+                    "for the allocation record",
                     size, tag);
   a->size = size;
   a->reserved = reserved;
@@ -171,8 +173,9 @@ int memsleep_free(void *ptr) {
     pthread_cond_wait(&ms__g.changed, &ms__g.lock);
   if (a == NULL) {
     pthread_mutex_unlock(&ms__g.lock);
-    return ms__fail(MEMSLEEP_ENOTFOUND, "memsleep_free(%p): not an address memsleep_alloc returned "
-                                        "(or already freed)",
+    return ms__fail(MEMSLEEP_ENOTFOUND,
+                    "memsleep_free(%p): not an address memsleep_alloc returned "
+                    "(or already freed)",
                     ptr);
   }
   ms__ptrmap_remove(&ms__g.by_address, ptr);
@@ -202,14 +205,37 @@ int memsleep_is_asleep(const char *tag) {
     return rc;
   pthread_mutex_lock(&ms__g.lock);
   ms__tag_t *t = ms__tag_find(tag);
-  rc = t == NULL ? ms__fail(MEMSLEEP_ENOTFOUND, "tag \"%s\": never used", tag) : t->asleep;
+  rc = t == NULL
+           ? ms__fail(MEMSLEEP_ENOTFOUND, "memsleep_is_asleep: tag \"%s\" was never used", tag)
+           : t->asleep;
   pthread_mutex_unlock(&ms__g.lock);
   return rc;
 }
 
-int memsleep_stats(const char *tag, memsleep_stats_t *out) {
+/* Adds the figures of t to *s; with measure, resident bytes come from the
+ * backend rather than the bookkeeping (lock held, so no allocation goes away
+ * under the walk; the backend calls are cheap queries). */
+static int ms__stats_add(const ms__tag_t *t, int measure, memsleep_stats_t *s) {
+  s->allocations += t->stats.allocations;
+  s->reserved_bytes += t->stats.reserved_bytes;
+  s->backup_bytes += t->stats.backup_bytes;
+  if (!measure) {
+    s->resident_bytes += t->stats.resident_bytes;
+    return 0;
+  }
+  for (const ms__alloc_t *a = t->head; a != NULL; a = a->next) {
+    size_t bytes = 0;
+    int rc = a->be->resident(a->device, a->va, a->reserved, &bytes);
+    if (rc != 0)
+      return rc;
+    s->resident_bytes += bytes;
+  }
+  return 0;
+}
+
+static int ms__stats(const char *verb, const char *tag, int measure, memsleep_stats_t *out) {
   if (out == NULL)
-    return ms__fail(MEMSLEEP_EINVAL, "memsleep_stats: out is NULL");
+    return ms__fail(MEMSLEEP_EINVAL, "%s: out is NULL", verb);
   if (tag != NULL) {
     int rc = ms__tag_check(tag);
     if (rc != 0)
@@ -221,22 +247,25 @@ int memsleep_stats(const char *tag, memsleep_stats_t *out) {
   if (tag != NULL) {
     ms__tag_t *t = ms__tag_find(tag);
     if (t == NULL)
-      rc = ms__fail(MEMSLEEP_ENOTFOUND, "tag \"%s\": never used", tag);
+      rc = ms__fail(MEMSLEEP_ENOTFOUND, "%s: tag \"%s\" was never used", verb, tag);
     else
-      s = t->stats;
+      rc = ms__stats_add(t, measure, &s);
   } else {
-    for (size_t i = 0; i < ms__g.ntags; i++) {
-      const memsleep_stats_t *ts = &ms__g.tags[i]->stats;
-      s.allocations += ts->allocations;
-      s.reserved_bytes += ts->reserved_bytes;
-      s.resident_bytes += ts->resident_bytes;
-      s.backup_bytes += ts->backup_bytes;
-    }
+    for (size_t i = 0; rc == 0 && i < ms__g.ntags; i++)
+      rc = ms__stats_add(ms__g.tags[i], measure, &s);
   }
   pthread_mutex_unlock(&ms__g.lock);
   if (rc == 0)
     *out = s;
   return rc;
+}
+
+int memsleep_stats(const char *tag, memsleep_stats_t *out) {
+  return ms__stats("memsleep_stats", tag, 0, out);
+}
+
+int memsleep_measure(const char *tag, memsleep_stats_t *out) {
+  return ms__stats("memsleep_measure", tag, 1, out);
 }
 
 int memsleep_tags(char (*names)[MEMSLEEP_TAG_MAX + 1], size_t cap) {

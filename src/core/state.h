@@ -33,21 +33,21 @@ typedef enum ms__alloc_state {
 typedef struct ms__tag ms__tag_t;
 
 typedef struct ms__alloc {
-  void *va;                 /* address handed to the user; fixed for life */
-  size_t size;              /* bytes the user asked for */
-  size_t reserved;          /* size rounded up to the backend granularity */
-  int device;               /* MEMSLEEP_HOST or a CUDA ordinal */
-  unsigned flags;           /* MEMSLEEP_BACKUP / MEMSLEEP_ZERO */
-  const ms__backend_t *be;  /* backend serving device */
-  ms__tag_t *tag;           /* owning tag */
-  struct ms__alloc *prev;   /* neighbours in the tag's list */
+  void *va;                /* address handed to the user; fixed for life */
+  size_t size;             /* bytes the user asked for */
+  size_t reserved;         /* size rounded up to the backend granularity */
+  int device;              /* MEMSLEEP_HOST or a CUDA ordinal */
+  unsigned flags;          /* MEMSLEEP_BACKUP / MEMSLEEP_ZERO */
+  const ms__backend_t *be; /* backend serving device */
+  ms__tag_t *tag;          /* owning tag */
+  struct ms__alloc *prev;  /* neighbours in the tag's list */
   struct ms__alloc *next;
-  ms__alloc_state_t state;  /* see above */
-  void *backup;             /* host backup buffer, or NULL */
-  size_t backup_bytes;      /* size of that buffer */
-  int backup_valid;         /* backup holds the current contents */
-  int backup_moved;         /* backup came from move_out (consumed by move_in) */
-  unsigned did;             /* MS__DID_* steps of the running transition */
+  ms__alloc_state_t state; /* see above */
+  void *backup;            /* host backup buffer, or NULL */
+  size_t backup_bytes;     /* size of that buffer */
+  int backup_valid;        /* backup holds the current contents */
+  int backup_moved;        /* backup came from move_out (consumed by move_in) */
+  unsigned did;            /* MS__DID_* steps of the running transition */
 } ms__alloc_t;
 
 /* What the transition that owns an allocation has done to it so far; the
@@ -63,11 +63,11 @@ enum {
 
 struct ms__tag {
   char name[MEMSLEEP_TAG_MAX + 1];
-  int asleep;              /* released (1) or awake (0) */
-  int busy;                /* a release/resume of this tag is running */
-  size_t pending;          /* allocations being mapped outside the lock */
-  ms__alloc_t *head;       /* the tag's allocations */
-  memsleep_stats_t stats;  /* kept current under the lock */
+  int asleep;             /* released (1) or awake (0) */
+  int busy;               /* a release/resume of this tag is running */
+  size_t pending;         /* allocations being mapped outside the lock */
+  ms__alloc_t *head;      /* the tag's allocations */
+  memsleep_stats_t stats; /* kept current under the lock */
 };
 
 typedef struct ms__global {

@@ -47,8 +47,9 @@ int ms__tag_get(const char *name, ms__tag_t **out) {
     return 0;
   }
   if (ms__g.ntags >= MS__TAGS_MAX)
-    return ms__fail(MEMSLEEP_ENOMEM, "tag \"%s\": the process already uses %d tags, the most allowed",
-                    name, MS__TAGS_MAX);
+    return ms__fail(MEMSLEEP_ENOMEM,
+                    "tag \"%s\": the process already uses %d tags, the most allowed", name,
+                    MS__TAGS_MAX);
   if (ms__g.ntags == ms__g.tags_capacity) {
     size_t capacity = ms__g.tags_capacity ? ms__g.tags_capacity * 2 : 16;
     ms__tag_t **tags = realloc(ms__g.tags, capacity * sizeof *tags);
