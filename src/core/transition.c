@@ -159,12 +159,18 @@ static void ms__plan_end(ms__plan_t *p, int asleep) {
   ms__plan_free(p);
 }
 
-static void ms__backup_drop(ms__alloc_t *a) {
-  a->be->backup_free(a->device, a->backup, a->backup_bytes);
+/* Forgets the allocation's backup without freeing it: for a moved backup
+ * whose pages went back into the allocation (the backup range is gone). */
+static void ms__backup_forget(ms__alloc_t *a) {
   a->backup = NULL;
   a->backup_bytes = 0;
   a->backup_valid = 0;
   a->backup_moved = 0;
+}
+
+static void ms__backup_drop(ms__alloc_t *a) {
+  a->be->backup_free(a->device, a->backup, a->backup_bytes);
+  ms__backup_forget(a);
 }
 
 /* Brings the contents of a mapped-but-stale allocation back: from its
@@ -190,10 +196,7 @@ static size_t ms__release_rollback(ms__plan_t *p) {
     ms__alloc_t *a = p->allocs[k];
     if (a->did & MS__DID_MOVE_OUT) {
       if (ms__op_move_in(a->be, a->device, a->backup, a->va, a->reserved) == 0) {
-        a->backup = NULL;
-        a->backup_bytes = 0;
-        a->backup_valid = 0;
-        a->backup_moved = 0;
+        ms__backup_forget(a);
         a->state = MS__MAPPED;
       }
     } else if (a->did & MS__DID_UNMAP) {
@@ -311,6 +314,11 @@ static void ms__resume_rollback(ms__plan_t *p) {
         a->backup_valid = 1;
         a->backup_moved = 1;
         a->state = MS__RELEASED;
+      } else {
+        /* The pages stay where move_in put them: contents in place, and the
+         * old backup range no longer exists - forget it, or a later drop
+         * would unmap whatever the kernel placed there since. */
+        ms__backup_forget(a);
       }
     } else if (a->did & MS__DID_MAP) {
       if (ms__op_unmap(a->be, a->device, a->va, a->reserved) == 0)
@@ -365,12 +373,8 @@ int memsleep_resume(const char *const *tags, size_t ntags) {
   } else {
     for (size_t k = 0; k < p.nallocs; k++) {
       ms__alloc_t *a = p.allocs[k];
-      if (a->did & MS__DID_MOVE_IN) {
-        a->backup = NULL; /* its pages are the allocation's again */
-        a->backup_bytes = 0;
-        a->backup_valid = 0;
-        a->backup_moved = 0;
-      }
+      if (a->did & MS__DID_MOVE_IN)
+        ms__backup_forget(a); /* its pages are the allocation's again */
       a->state = MS__MAPPED;
       if (a->backup != NULL) {
         if (a->be->keep_backups)
