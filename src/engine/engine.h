@@ -1,0 +1,134 @@
+/*
+ * engine.h - the inference engine: requests in, tokens out.
+ *
+ * The engine owns the model (weights in memsleep tag "weights"), the paged
+ * KV cache (tag "kv_cache"), the compute backend and its scratch memory (tag
+ * "workspace"), and one scheduler thread that runs continuous batching: each
+ * step it admits waiting requests into the running batch (prefill, reusing
+ * KV blocks of identical prompt prefixes when the prefix cache is on), runs
+ * one forward pass over the batch, samples one token per running request
+ * and reports it. The HTTP server knows only this header.
+ *
+ * Threading: every function here may be called from any thread. Callbacks
+ * run on the scheduler thread, must be quick and must not call back into
+ * the engine except ms__engine_stats.
+ *
+ * Errors: 0 or a negative MEMSLEEP_E* code (or MS__EBUSY), with the message
+ * in memsleep_last_error().
+ */
+#ifndef MEMSLEEP_ENGINE_ENGINE_H
+#define MEMSLEEP_ENGINE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/model.h"
+
+/* The waiting queue is full: try again later (HTTP 503 with Retry-After). */
+#define MS__EBUSY (-100)
+
+#define MS__STOP_IDS_MAX 16
+
+typedef enum ms__finish {
+  MS__FINISH_LENGTH, /* max_new_tokens or the context length reached */
+  MS__FINISH_STOP,   /* an EOS or stop token was sampled */
+  MS__FINISH_ABORT,  /* cancelled (client gone, pause with abort, shutdown) */
+  MS__FINISH_ERROR   /* the engine failed (message in the finish callback) */
+} ms__finish_t;
+
+/* "length", "stop", "abort", "error" */
+const char *ms__finish_name(ms__finish_t reason);
+
+typedef struct ms__sampling {
+  float temperature;  /* 0: greedy (argmax) */
+  int top_k;          /* keep the k most likely (0: all) */
+  float top_p;        /* keep the smallest set with this mass (1: all) */
+  uint64_t seed;      /* with has_seed: same seed, same prompt -> same tokens */
+  int has_seed;       /* 0: the engine picks a seed */
+  int max_new_tokens; /* >= 1 */
+  int stop_ids[MS__STOP_IDS_MAX]; /* tokens that end the request (kept in output) */
+  int n_stop;
+  int ignore_eos;     /* do not stop at the model's EOS tokens */
+} ms__sampling_t;
+
+/* Sets the defaults: greedy, top_k 0, top_p 1, max_new_tokens 16. */
+void ms__sampling_default(ms__sampling_t *sp);
+
+typedef struct ms__finish_info {
+  ms__finish_t reason;
+  size_t prompt_tokens;
+  size_t completion_tokens;
+  size_t cached_tokens; /* prompt tokens whose KV came from the prefix cache */
+  const char *error;    /* MS__FINISH_ERROR: what failed; else NULL */
+} ms__finish_info_t;
+
+/* Events of one request, called on the scheduler thread. on_token is
+ * called once per generated token, in order; on_finish exactly once, last
+ * (also for a request cancelled before it ran). After on_finish the engine
+ * no longer touches user. */
+typedef struct ms__request_cb {
+  void (*on_token)(void *user, int token);
+  void (*on_finish)(void *user, const ms__finish_info_t *info);
+  void *user;
+} ms__request_cb_t;
+
+typedef struct ms__engine_options {
+  const char *model_dir;   /* Hugging Face style directory */
+  int device;              /* MEMSLEEP_HOST (CPU engine) */
+  int threads;             /* compute threads (0: one per core) */
+  int kv_block_tokens;     /* tokens per KV block (0: 16) */
+  size_t kv_blocks;        /* blocks in the pool (0: max_batch full contexts) */
+  int max_batch;           /* running requests at most (0: 32) */
+  size_t max_queue;        /* waiting requests at most (0: 256); more: MS__EBUSY */
+  int max_context;         /* prompt + new tokens at most (0: the model's) */
+  int prefix_cache;        /* reuse KV blocks of identical prompt prefixes */
+  ms__progress_fn progress; /* weight loading progress, may be NULL */
+  void *progress_user;
+} ms__engine_options_t;
+
+typedef struct ms__engine ms__engine_t;
+
+/* Loads the model, allocates the KV cache and workspace, starts the
+ * scheduler thread. On failure nothing stays allocated. */
+int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out);
+
+/* Stops the scheduler (running and waiting requests finish with abort) and
+ * frees everything. NULL is fine. */
+void ms__engine_destroy(ms__engine_t *e);
+
+/* The loaded model (config, weight bytes). Valid until destroy. */
+const ms__model_t *ms__engine_model(const ms__engine_t *e);
+
+/* Queues a request. The prompt is copied. MEMSLEEP_EINVAL: empty prompt, a
+ * token id out of [0, vocab), prompt + max_new_tokens over max_context, bad
+ * sampling values (negative temperature, top_p outside (0,1], ...);
+ * MS__EBUSY: the queue is full. *id (may be NULL) identifies it for
+ * ms__engine_cancel. */
+int ms__engine_submit(ms__engine_t *e, const int *prompt, size_t n, const ms__sampling_t *sp,
+                      const ms__request_cb_t *cb, uint64_t *id);
+
+/* Ends a request early (finish reason abort) and frees its KV blocks; its
+ * on_finish runs on the scheduler thread soon after. Unknown or finished
+ * id: MEMSLEEP_ENOTFOUND. */
+int ms__engine_cancel(ms__engine_t *e, uint64_t id);
+
+/* Drops the prefix cache. MEMSLEEP_ESTATE while requests run or wait. */
+int ms__engine_flush_cache(ms__engine_t *e);
+
+typedef struct ms__engine_stats {
+  size_t running;              /* requests in the batch */
+  size_t waiting;              /* requests queued */
+  uint64_t requests_total;     /* finished requests, any reason */
+  uint64_t prompt_tokens_total;
+  uint64_t generated_tokens_total;
+  uint64_t cached_tokens_total; /* prompt tokens served from the prefix cache */
+  size_t kv_blocks_total;
+  size_t kv_blocks_free;
+  size_t kv_block_tokens;
+  size_t prefix_cached_blocks; /* blocks held by the prefix cache */
+  uint64_t steps;              /* forward passes run */
+} ms__engine_stats_t;
+
+void ms__engine_stats(ms__engine_t *e, ms__engine_stats_t *out);
+
+#endif /* MEMSLEEP_ENGINE_ENGINE_H */
