@@ -94,4 +94,60 @@ int ms__model_reload(ms__model_t *m, const char *dir, ms__progress_fn progress, 
 /* Frees the weights and the tables. Safe on a zeroed or failed model. */
 void ms__model_free(ms__model_t *m);
 
+/* Error codes of ms__config_load, ms__model_load and ms__model_reload:
+ * MEMSLEEP_ENOTFOUND: a file is missing (config.json, model.safetensors, a
+ *   shard named in model.safetensors.index.json);
+ * MEMSLEEP_EINVAL: a file is malformed or truncated, a tensor is missing or
+ *   has the wrong shape or an unsupported dtype, the architecture or a
+ *   feature is unsupported, reload's shapes differ from the loaded model's;
+ * MEMSLEEP_ESTATE: reload while the weights' tag is asleep;
+ * MEMSLEEP_EUNAVAIL: a device other than MEMSLEEP_HOST (not supported yet);
+ * MEMSLEEP_ENOMEM / MEMSLEEP_EBACKEND: no memory, a read failed.
+ * Reload also takes the new rope_theta, rms_norm_eps and BOS/EOS ids;
+ * max_position stays the loaded model's (the KV cache was sized by it). A
+ * read error after every check passed (a disk failing, a file rewritten
+ * meanwhile) can leave the weights partly new: the message says so, and a
+ * later reload repairs them.
+ * Refused as unsupported rather than computed wrongly: hidden_act other
+ * than silu, rope_scaling (other than "default"), Llama's attention_bias /
+ * mlp_bias. Sliding-window attention (Mistral, Qwen2 with
+ * use_sliding_window) caps max_position at the window instead. */
+
+/* ---- writing a model with random weights (memsleep-mkmodel, tests) ---- */
+
+typedef enum ms__wdtype { MS__WDTYPE_F32, MS__WDTYPE_F16, MS__WDTYPE_BF16 } ms__wdtype_t;
+
+typedef struct ms__model_spec {
+  ms__arch_t arch;
+  int vocab_size;
+  int hidden_size;
+  int intermediate_size;
+  int num_layers;
+  int num_heads;
+  int num_kv_heads;
+  int max_position;
+  float rope_theta;
+  float rms_norm_eps;
+  int tie_word_embeddings;
+  int eos_token_id;   /* -1: none */
+  ms__wdtype_t dtype; /* on disk */
+  unsigned long long seed;
+  int shards; /* 1: model.safetensors; N: model-0000k-of-0000N + index */
+} ms__model_spec_t;
+
+/* memsleep-mkmodel's defaults for arch: 4 layers, hidden 256, 8 heads, 4
+ * KV heads, intermediate 688, vocab 512, max position 2048, f32, seed 1,
+ * one shard, untied (Qwen2: tied). */
+void ms__model_spec_default(ms__model_spec_t *s, ms__arch_t arch);
+
+/* Writes config.json and the safetensors file(s) of a model with seeded
+ * random weights into the existing directory dir (files of the same names
+ * are replaced, a stale index or single file removed). Values depend only
+ * on the seed and the tensor's name and shape, not on the dtype or the
+ * sharding. progress (may be NULL) gets bytes written of bytes total.
+ * *params and *file_bytes (may be NULL) get the parameter count and the
+ * bytes of weight files written. */
+int ms__model_write_random(const char *dir, const ms__model_spec_t *s, ms__progress_fn progress,
+                           void *user, unsigned long long *params, unsigned long long *file_bytes);
+
 #endif /* MEMSLEEP_ENGINE_MODEL_H */

@@ -1,0 +1,71 @@
+/*
+ * compute.h - the compute backend of the engine: one forward pass over a
+ * batch of sequences.
+ *
+ * The scheduler and the KV cache bookkeeping know nothing of how the
+ * arithmetic is done; they hand a backend a batch (for each sequence: its
+ * new tokens, their first position, its KV block table and where to put
+ * logits) and get logits back. The CPU backend (compute_cpu.c, float32,
+ * threads) is the first; a GPU backend later provides the same table of
+ * functions and the scheduler does not change.
+ *
+ * The KV pool itself (memory in tag "kv_cache") is allocated by the KV
+ * cache (kvcache.c) and described to the backend by ms__kv_layout_t; the
+ * backend writes the keys and values of the new tokens into the blocks the
+ * table names and reads the earlier ones from there.
+ */
+#ifndef MEMSLEEP_ENGINE_COMPUTE_H
+#define MEMSLEEP_ENGINE_COMPUTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/model.h"
+
+/* Where the KV pool lives and how it is laid out. Keys of layer l, block b,
+ * slot s (0 <= s < block_tokens) start at k + ((l * num_blocks + b) *
+ * block_tokens + s) * kv_dim; values likewise in v. */
+typedef struct ms__kv_layout {
+  float *k;          /* key pool: [layers][num_blocks][block_tokens][kv_dim] */
+  float *v;          /* value pool, same shape */
+  size_t num_blocks; /* blocks in the pool */
+  int block_tokens;  /* token slots per block */
+  int kv_dim;        /* num_kv_heads * head_dim */
+  int num_layers;    /* decoder layers */
+} ms__kv_layout_t;
+
+/* One sequence's part of a batch: n_tokens new tokens at positions
+ * start_pos .. start_pos + n_tokens - 1. Keys and values of positions
+ * before start_pos are already in the blocks of block_table. */
+typedef struct ms__batch_seq {
+  const int *tokens;           /* the new tokens (a prompt chunk, or one decode token) */
+  int n_tokens;                /* >= 1 */
+  int start_pos;               /* position of tokens[0] */
+  const uint32_t *block_table; /* blocks covering positions 0 .. start_pos + n_tokens - 1 */
+  float *logits;               /* out: [vocab] for the last new token, or NULL for none */
+  int all_logits;              /* 1: logits is [n_tokens][vocab], one row per new token */
+} ms__batch_seq_t;
+
+/* A compute backend. ctx is the backend's own state. */
+typedef struct ms__compute_ops {
+  const char *name; /* "cpu", ... */
+  /* Prepares to run model m over the KV pool kv with threads workers (0:
+   * one per core), for batches of at most max_tokens new tokens in all and
+   * contexts of at most max_context positions. Scratch memory is taken
+   * from memsleep tag "workspace". The model and the pool must outlive the
+   * context. Returns 0 or a negative code; on failure nothing is left. */
+  int (*create)(const ms__model_t *m, const ms__kv_layout_t *kv, int threads, int max_tokens,
+                int max_context, void **ctx);
+  /* Runs one forward pass over n sequences (their n_tokens together at
+   * most max_tokens, each fitting in max_context): writes the new keys and
+   * values into the pool and the requested logits. Sequences must not share
+   * a block they write to. Returns 0 or a negative code. */
+  int (*forward)(void *ctx, const ms__batch_seq_t *seqs, size_t n);
+  /* Frees the context and its scratch memory. NULL is fine. */
+  void (*destroy)(void *ctx);
+} ms__compute_ops_t;
+
+/* The float32 CPU backend. */
+extern const ms__compute_ops_t ms__compute_cpu;
+
+#endif /* MEMSLEEP_ENGINE_COMPUTE_H */

@@ -1,0 +1,59 @@
+/*
+ * server.h - the state memsleep-serve shares between its parts.
+ *
+ * main.c fills the options from the command line, loads the engine and the
+ * tokenizer and starts the HTTP daemon (http.c); the route handlers
+ * (routes_*.c) reach everything through the ms__server_t they are given.
+ * One server per process; its fields are set before the daemon starts and
+ * read-only afterwards, except the counters (metrics.c, own lock) and
+ * stopping (atomic).
+ */
+#ifndef MEMSLEEP_SERVER_SERVER_H
+#define MEMSLEEP_SERVER_SERVER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "engine/tokenizer.h"
+#include "server/metrics.h"
+
+typedef struct ms__server_options {
+  const char *model_dir;         /* --model: Hugging Face style directory */
+  const char *host;              /* --host: address to bind (default 127.0.0.1) */
+  int port;                      /* --port (0: any free port, printed at start) */
+  const char *served_model_name; /* --served-model-name (default: model_dir) */
+  size_t max_body_bytes;         /* --max-body-bytes: larger bodies get 413 */
+  int threads;                   /* --threads: compute threads (0: one per core) */
+  int kv_block_tokens;           /* --kv-block-tokens (0: engine default) */
+  size_t kv_blocks;              /* --kv-blocks (0: engine default) */
+  int max_batch;                 /* --max-batch: running requests at most */
+  size_t max_queue;              /* --max-queue: waiting requests at most */
+  int max_context;               /* --max-context (0: the model's) */
+  int prefix_cache;              /* --no-prefix-cache clears it */
+  unsigned connection_limit;     /* --max-connections */
+  unsigned timeout_s;            /* idle connection timeout */
+} ms__server_options_t;
+
+typedef struct ms__server {
+  ms__server_options_t opt;
+  ms__engine_t *engine;
+  ms__tokenizer_t *tok;   /* NULL: the model has no tokenizer.json */
+  int vocab_size;         /* the model's: valid input ids are [0, vocab_size) */
+  int max_context;        /* prompt + new tokens at most */
+  atomic_int port;        /* the port really bound (set once the daemon runs) */
+  time_t started;         /* when the server started (for uptime and "created") */
+  atomic_int stopping;    /* set on SIGINT/SIGTERM: waits end, new work is refused */
+  atomic_ulong next_rid;  /* request ids handed out */
+  atomic_int active_gens; /* generation requests not yet freed (gen.c) */
+  ms__metrics_t metrics;
+} ms__server_t;
+
+#define MS__SERVER_VERSION "0.1.0"
+
+/* Default for --max-body-bytes. */
+#define MS__DEFAULT_MAX_BODY_BYTES ((size_t)8 << 20)
+
+#endif /* MEMSLEEP_SERVER_SERVER_H */

@@ -1,0 +1,152 @@
+"""Helpers for the integration tests: build a model, run memsleep-serve on a
+free loopback port, and talk HTTP to it with the Python standard library.
+
+A ServerProcess starts the real binary with --port 0, reads the port it
+printed, waits for GET /health, and stops it with SIGTERM, checking that it
+exits 0 (a clean shutdown) in time.
+"""
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+
+class ServerProcess:
+    """memsleep-serve running in the background on 127.0.0.1."""
+
+    def __init__(self, serve, model_dir, *args, start_timeout_s=120):
+        self.log = tempfile.NamedTemporaryFile(prefix="memsleep-serve-", suffix=".log",
+                                               delete=False)
+        self.proc = subprocess.Popen(
+            [serve, "--model", model_dir, "--host", "127.0.0.1", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.port = None
+        line = [None]
+
+        def read_port():
+            line[0] = self.proc.stdout.readline()
+
+        t = threading.Thread(target=read_port, daemon=True)
+        t.start()
+        t.join(start_timeout_s)
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line[0] or "")
+        if not m:
+            self.kill()
+            raise RuntimeError("memsleep-serve did not start: %r\n%s" % (line[0], self.log_text()))
+        self.port = int(m.group(1))
+        deadline = time.time() + start_timeout_s
+        while time.time() < deadline:
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError("memsleep-serve never answered /health\n" + self.log_text())
+
+    def log_text(self):
+        try:
+            with open(self.log.name, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return "(log gone)"
+
+    def connection(self, timeout=120):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=120):
+        """Returns (status, headers, body bytes); body may be bytes, str or a
+        JSON-able object."""
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        c = self.connection(timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            c.close()
+
+    def json(self, method, path, body=None, timeout=120):
+        """Like request(), but the body is decoded as strict UTF-8 JSON."""
+        status, headers, data = self.request(method, path, body, timeout=timeout)
+        return status, json.loads(data.decode("utf-8"))
+
+    def info(self):
+        status, j = self.json("GET", "/get_server_info")
+        assert status == 200, j
+        return j
+
+    def stop(self, timeout_s=30):
+        """SIGTERM, then the exit status (expected 0)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        self.close_files(keep_log=rc != 0)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.close_files(keep_log=True)
+
+    def close_files(self, keep_log):
+        """Closes our ends; the log stays on disk when something failed."""
+        self.proc.stdout.close()
+        self.log.close()
+        if not keep_log and os.path.exists(self.log.name):
+            os.unlink(self.log.name)
+
+
+def sse_events(response):
+    """Yields the data of each server-sent event of an http.client response
+    as it arrives (the literal "[DONE]" last)."""
+    buf = b""
+    while True:
+        chunk = response.read1(65536) if hasattr(response, "read1") else response.read(1)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n\n" in buf:
+            event, buf = buf.split(b"\n\n", 1)
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):
+                    yield line[6:].decode("utf-8")
+
+
+def open_stream(server, path, body):
+    """Starts a streaming request; returns (connection, response)."""
+    c = server.connection()
+    c.request("POST", path, body=json.dumps(body).encode(),
+              headers={"Content-Type": "application/json"})
+    return c, c.getresponse()
+
+
+def make_model(mkmodel, out_dir, *args):
+    subprocess.run([mkmodel, "--out", out_dir, *args], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out_dir
+
+
+def wait_until(fn, timeout_s=20, every_s=0.05):
+    """Calls fn until it returns a true value; returns it, or the last
+    falsy value after timeout_s."""
+    deadline = time.time() + timeout_s
+    v = fn()
+    while not v and time.time() < deadline:
+        time.sleep(every_s)
+        v = fn()
+    return v
