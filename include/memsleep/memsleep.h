@@ -74,6 +74,15 @@ MEMSLEEP_API int memsleep_free(void *ptr);
  */
 MEMSLEEP_API int memsleep_release(const char *const *tags, size_t ntags);
 
+/*
+ * memsleep_release() with flags. MEMSLEEP_RELEASE_NO_BACKUP: keep no backup
+ * this time - the contents of MEMSLEEP_BACKUP allocations are discarded too
+ * and are undefined after resume (for weights that will be reloaded anyway,
+ * e.g. an RL loop pushing new weights). Unknown flags are MEMSLEEP_EINVAL.
+ */
+#define MEMSLEEP_RELEASE_NO_BACKUP 0x1u
+MEMSLEEP_API int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags);
+
 /* Maps memory back for the given tags (ntags == 0: every asleep tag). */
 MEMSLEEP_API int memsleep_resume(const char *const *tags, size_t ntags);
 

@@ -226,6 +226,15 @@ static size_t ms__release_rollback(ms__plan_t *p) {
 }
 
 int memsleep_release(const char *const *tags, size_t ntags) {
+  return memsleep_release_flags(tags, ntags, 0);
+}
+
+int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags) {
+  if (flags & ~MEMSLEEP_RELEASE_NO_BACKUP)
+    return ms__fail(MEMSLEEP_EINVAL,
+                    "memsleep_release_flags: unknown flag bits 0x%x (known: "
+                    "MEMSLEEP_RELEASE_NO_BACKUP 0x1)",
+                    flags & ~MEMSLEEP_RELEASE_NO_BACKUP);
   pthread_mutex_lock(&ms__g.transition);
   ms__plan_t p;
   int rc = ms__plan_begin("memsleep_release", tags, ntags, 0, &p);
@@ -234,9 +243,10 @@ int memsleep_release(const char *const *tags, size_t ntags) {
     return rc;
   }
 
-  /* 1. Save every backup: move pages where the backend can, copy otherwise. */
+  /* 1. Save every backup: move pages where the backend can, copy otherwise.
+   *    With MEMSLEEP_RELEASE_NO_BACKUP there is nothing to save. */
   ms__syncset_t sync = {.n = 0};
-  for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
+  for (size_t k = 0; rc == 0 && !(flags & MEMSLEEP_RELEASE_NO_BACKUP) && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (!(a->flags & MEMSLEEP_BACKUP))
       break; /* backed-up allocations come first */
