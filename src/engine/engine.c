@@ -69,6 +69,8 @@ struct ms__engine {
   float *logits;                    /* [max_batch][vocab] (tag "workspace") */
   ms__batch_seq_t *batch;           /* [max_batch] this step's batch (heap) */
   request_t **batch_req;            /* [max_batch] request of each batch entry (heap) */
+  int *ended;                       /* [max_batch] finish reason of each entry, or -1 (heap) */
+  int *prompt_done;                 /* [max_batch] entry finished its prompt this step (heap) */
   pthread_mutex_t mu;               /* see the file comment */
   pthread_cond_t cv;                /* the scheduler sleeps here when idle */
   pthread_t thread;                 /* the scheduler */
@@ -297,8 +299,7 @@ static void run_step(ms__engine_t *e) {
     return;
   }
   /* Sample and report without the lock; decide who finishes. */
-  int ended[nb ? nb : 1];
-  int prompt_done[nb ? nb : 1];
+  int *ended = e->ended, *prompt_done = e->prompt_done;
   for (size_t k = 0; k < nb; k++) {
     request_t *r = e->batch_req[k];
     const ms__batch_seq_t *b = &e->batch[k];
@@ -393,6 +394,8 @@ static void engine_free(ms__engine_t *e) {
   ms__sampler_free(&e->sampler);
   free(e->batch);
   free(e->batch_req);
+  free(e->ended);
+  free(e->prompt_done);
   free(e->running);
   if (e->model_loaded)
     ms__model_free(&e->model);
@@ -454,7 +457,9 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
     e->batch = calloc((size_t)e->max_batch, sizeof *e->batch);
     e->batch_req = calloc((size_t)e->max_batch, sizeof *e->batch_req);
     e->running = calloc((size_t)e->max_batch, sizeof *e->running);
-    if (!e->batch || !e->batch_req || !e->running)
+    e->ended = calloc((size_t)e->max_batch, sizeof *e->ended);
+    e->prompt_done = calloc((size_t)e->max_batch, sizeof *e->prompt_done);
+    if (!e->batch || !e->batch_req || !e->running || !e->ended || !e->prompt_done)
       rc = ms__fail(MEMSLEEP_ENOMEM, "engine: batch tables for %d requests", e->max_batch);
   }
   if (rc == 0) {

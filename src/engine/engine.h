@@ -40,15 +40,15 @@ typedef enum ms__finish {
 const char *ms__finish_name(ms__finish_t reason);
 
 typedef struct ms__sampling {
-  float temperature;  /* 0: greedy (argmax) */
-  int top_k;          /* keep the k most likely (0: all) */
-  float top_p;        /* keep the smallest set with this mass (1: all) */
-  uint64_t seed;      /* with has_seed: same seed, same prompt -> same tokens */
-  int has_seed;       /* 0: the engine picks a seed */
-  int max_new_tokens; /* >= 1 */
+  float temperature;              /* 0: greedy (argmax) */
+  int top_k;                      /* keep the k most likely (0: all) */
+  float top_p;                    /* keep the smallest set with this mass (1: all) */
+  uint64_t seed;                  /* with has_seed: same seed, same prompt -> same tokens */
+  int has_seed;                   /* 0: the engine picks a seed */
+  int max_new_tokens;             /* >= 1 */
   int stop_ids[MS__STOP_IDS_MAX]; /* tokens that end the request (kept in output) */
   int n_stop;
-  int ignore_eos;     /* do not stop at the model's EOS tokens */
+  int ignore_eos; /* do not stop at the model's EOS tokens */
 } ms__sampling_t;
 
 /* Sets the defaults: greedy, top_k 0, top_p 1, max_new_tokens 16. */
@@ -73,15 +73,15 @@ typedef struct ms__request_cb {
 } ms__request_cb_t;
 
 typedef struct ms__engine_options {
-  const char *model_dir;   /* Hugging Face style directory */
-  int device;              /* MEMSLEEP_HOST (CPU engine) */
-  int threads;             /* compute threads (0: one per core) */
-  int kv_block_tokens;     /* tokens per KV block (0: 16) */
-  size_t kv_blocks;        /* blocks in the pool (0: max_batch full contexts) */
-  int max_batch;           /* running requests at most (0: 32) */
-  size_t max_queue;        /* waiting requests at most (0: 256); more: MS__EBUSY */
-  int max_context;         /* prompt + new tokens at most (0: the model's) */
-  int prefix_cache;        /* reuse KV blocks of identical prompt prefixes */
+  const char *model_dir;    /* Hugging Face style directory */
+  int device;               /* MEMSLEEP_HOST (CPU engine) */
+  int threads;              /* compute threads (0: one per core) */
+  int kv_block_tokens;      /* tokens per KV block (0: 16) */
+  size_t kv_blocks;         /* blocks in the pool (0: max_batch full contexts) */
+  int max_batch;            /* running requests at most (0: 32) */
+  size_t max_queue;         /* waiting requests at most (0: 256); more: MS__EBUSY */
+  int max_context;          /* prompt + new tokens at most (0: the model's) */
+  int prefix_cache;         /* reuse KV blocks of identical prompt prefixes */
   ms__progress_fn progress; /* weight loading progress, may be NULL */
   void *progress_user;
 } ms__engine_options_t;
@@ -116,14 +116,15 @@ int ms__engine_cancel(ms__engine_t *e, uint64_t id);
 int ms__engine_flush_cache(ms__engine_t *e);
 
 typedef struct ms__engine_stats {
-  size_t running;              /* requests in the batch */
-  size_t waiting;              /* requests queued */
-  uint64_t requests_total;     /* finished requests, any reason */
+  size_t running;          /* requests in the batch */
+  size_t waiting;          /* requests queued */
+  uint64_t requests_total; /* finished requests, any reason */
   uint64_t prompt_tokens_total;
   uint64_t generated_tokens_total;
   uint64_t cached_tokens_total; /* prompt tokens served from the prefix cache */
   size_t kv_blocks_total;
-  size_t kv_blocks_free;
+  size_t kv_blocks_free; /* blocks a new request can take: free, or held by the prefix
+                            cache alone (evicted when needed) */
   size_t kv_block_tokens;
   size_t prefix_cached_blocks; /* blocks held by the prefix cache */
   uint64_t steps;              /* forward passes run */
