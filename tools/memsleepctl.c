@@ -3,8 +3,10 @@
  *
  * The command line for people and scripts: generate text (streamed or
  * not), print the server's info, health or metrics, flush the prefix
- * cache. The sleep/wake verbs will join these. Errors from the server are
- * printed as the server wrote them ({"error": ...}).
+ * cache, and drive the sleep/wake control plane (release, resume,
+ * is-sleeping, pause, continue, update-weights, sleep, wake-up; see
+ * docs/control-plane.md). Errors from the server are printed as the server
+ * wrote them ({"error": ...}).
  *
  * Exit status: 0 success; 1 the server answered with an error; 2 bad
  * command line; 3 the server could not be reached.
@@ -39,6 +41,19 @@ static void usage(FILE *f) {
              "  health [--generate]       check /health (or /health_generate: one real token)\n"
              "  metrics                   print GET /metrics (Prometheus text)\n"
              "  flush-cache               drop the server's prefix cache\n"
+             "\n"
+             "sleep/wake (the answers are the server's JSON):\n"
+             "  release [--tags a,b] [--no-backup] [--timeout S]\n"
+             "                            drain, then release memory (tags: weights, kv_cache,\n"
+             "                            workspace; default every awake tag); --no-backup\n"
+             "                            discards the weights; S: drain timeout (default 60)\n"
+             "  resume [--tags a,b]       wake memory (default: exactly the released tags)\n"
+             "  is-sleeping               print the sleep/pause state\n"
+             "  pause [--mode M]          pause generation: abort (default), wait or keep\n"
+             "  continue                  lift the pause (refused while memory is released)\n"
+             "  update-weights PATH       reload the weights in place from model directory PATH\n"
+             "  sleep --level N           vLLM-style: 1 release all, 2 also discard the weights\n"
+             "  wake-up [--tags a,b]      vLLM-style: wake the given (default: released) tags\n"
              "\n"
              "exit status: 0 ok, 1 the server answered with an error, 2 bad command line,\n"
              "3 the server could not be reached.\n");
@@ -332,6 +347,141 @@ static int cmd_simple(const char *url, long timeout_s, const char *path, int pos
   return rc;
 }
 
+/* POST body (a JSON object, consumed) to path; prints the answer. */
+static int post_json(const char *url, long timeout_s, const char *path, json_t *body) {
+  char *s = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  if (!s) {
+    fprintf(stderr, "memsleepctl: out of memory\n");
+    return EXIT_SERVER;
+  }
+  body_t out = {0};
+  long code = 0;
+  int rc = request(url, path, s, timeout_s, NULL, &out, &code);
+  if (rc == 0 && (code < 200 || code > 299))
+    rc = server_error(code, &out);
+  else if (rc == 0)
+    printf("%s%s", out.s ? out.s : "", out.len && out.s[out.len - 1] == '\n' ? "" : "\n");
+  free(out.s);
+  free(s);
+  return rc;
+}
+
+/* "a,b" as a JSON list of strings (the server checks the names). */
+static json_t *tag_list(const char *arg) {
+  json_t *a = json_array();
+  for (const char *p = arg;;) {
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    json_array_append_new(a, json_stringn(p, n));
+    if (!e)
+      break;
+    p = e + 1;
+  }
+  return a;
+}
+
+/*
+ * The sleep/wake verbs: release, resume, pause, update-weights, sleep,
+ * wake-up (the ones with options; is-sleeping and continue go through
+ * cmd_simple). argv[0] is the verb.
+ */
+static int cmd_control(const char *url, long timeout_s, int argc, char **argv) {
+  static const struct option opts[] = {
+      {"tags", required_argument, NULL, 't'},    {"no-backup", no_argument, NULL, 'b'},
+      {"timeout", required_argument, NULL, 'T'}, {"mode", required_argument, NULL, 'm'},
+      {"level", required_argument, NULL, 'l'},   {NULL, 0, NULL, 0}};
+  const char *verb = argv[0];
+  int is_release = strcmp(verb, "release") == 0, is_resume = strcmp(verb, "resume") == 0;
+  int is_pause = strcmp(verb, "pause") == 0, is_sleep = strcmp(verb, "sleep") == 0;
+  int is_wake = strcmp(verb, "wake-up") == 0, is_update = strcmp(verb, "update-weights") == 0;
+  json_t *body = json_object();
+  const char *tags = NULL;
+  int level = 0, c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    int ok = 1;
+    switch (c) {
+    case 't':
+      ok = is_release || is_resume || is_wake;
+      tags = optarg;
+      break;
+    case 'b':
+      ok = is_release;
+      json_object_set_new(body, "backup", json_false());
+      break;
+    case 'T': {
+      ok = is_release;
+      double t = num_arg("--timeout", optarg, 0.001, 3600);
+      json_object_set_new(body, "timeout", json_real(t));
+      if ((long)t + 30 > timeout_s)
+        timeout_s = (long)t + 30; /* the answer comes after the drain */
+      break;
+    }
+    case 'm':
+      ok = is_pause;
+      json_object_set_new(body, "mode", json_string(optarg));
+      break;
+    case 'l':
+      ok = is_sleep;
+      level = (int)num_arg("--level", optarg, 1, 2);
+      break;
+    default:
+      ok = 0;
+    }
+    if (!ok) {
+      fprintf(stderr, "memsleepctl: %s does not take that option (see --help)\n", verb);
+      json_decref(body);
+      return EXIT_USAGE;
+    }
+  }
+  int want_args = is_update ? 1 : 0;
+  if (argc - optind != want_args) {
+    fprintf(stderr, "memsleepctl: %s %s (see --help)\n", verb,
+            is_update ? "takes one model directory PATH" : "takes no arguments");
+    json_decref(body);
+    return EXIT_USAGE;
+  }
+  if (is_sleep && level == 0) {
+    fprintf(stderr, "memsleepctl: sleep needs --level 1 or --level 2\n");
+    json_decref(body);
+    return EXIT_USAGE;
+  }
+  if (tags && !is_wake)
+    json_object_set_new(body, "tags", tag_list(tags));
+  char path[512];
+  if (is_release) {
+    snprintf(path, sizeof path, "/release_memory_occupation");
+  } else if (is_resume) {
+    snprintf(path, sizeof path, "/resume_memory_occupation");
+  } else if (is_pause) {
+    snprintf(path, sizeof path, "/pause_generation");
+  } else if (is_update) {
+    snprintf(path, sizeof path, "/update_weights_from_disk");
+    json_object_set_new(body, "model_path", json_string(argv[optind]));
+  } else if (is_sleep) {
+    snprintf(path, sizeof path, "/sleep?level=%d", level);
+  } else {
+    /* Tag names are plain words; anything else is left for the server to
+     * refuse, escaped so that it stays one query argument. */
+    snprintf(path, sizeof path, "/wake_up");
+    if (tags) {
+      size_t o = strlen(path);
+      o += (size_t)snprintf(path + o, sizeof path - o, "?tags=");
+      for (const char *p = tags; *p && o + 4 < sizeof path; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+            ch == '_' || ch == ',' || ch == '-')
+          path[o++] = (char)ch;
+        else
+          o += (size_t)snprintf(path + o, sizeof path - o, "%%%02X", ch);
+      }
+      path[o] = '\0';
+    }
+  }
+  return post_json(url, timeout_s, path, body);
+}
+
 int main(int argc, char **argv) {
   const char *url = getenv("MEMSLEEP_URL");
   if (!url || !*url)
@@ -380,6 +530,14 @@ int main(int argc, char **argv) {
     rc = cmd_simple(base, timeout_s, "/metrics", 0);
   } else if (strcmp(cmd, "flush-cache") == 0 && argc - i == 1) {
     rc = cmd_simple(base, timeout_s, "/flush_cache", 1);
+  } else if (strcmp(cmd, "is-sleeping") == 0 && argc - i == 1) {
+    rc = cmd_simple(base, timeout_s, "/is_sleeping", 0);
+  } else if (strcmp(cmd, "continue") == 0 && argc - i == 1) {
+    rc = cmd_simple(base, timeout_s, "/continue_generation", 1);
+  } else if (strcmp(cmd, "release") == 0 || strcmp(cmd, "resume") == 0 ||
+             strcmp(cmd, "pause") == 0 || strcmp(cmd, "update-weights") == 0 ||
+             strcmp(cmd, "sleep") == 0 || strcmp(cmd, "wake-up") == 0) {
+    rc = cmd_control(base, timeout_s, argc - i, argv + i);
   } else {
     fprintf(stderr, "memsleepctl: unknown command or extra arguments: '%s' (see --help)\n", cmd);
     rc = EXIT_USAGE;

@@ -10,14 +10,19 @@
  * may come from the cache), (3) runs one forward pass over the batch - a
  * prompt chunk for requests still prefilling, one token for each decoding
  * one - and (4) samples, reports and finishes requests. Between steps the
- * lock is free and nothing is in flight: that is where a later controller
- * may pause the scheduler (see step_begin/step_end below).
+ * lock is free and nothing is in flight: that is where the sleep/wake
+ * controller acts (see step_begin/step_end below): it closes admission
+ * (waiting requests stay queued), waits for the running requests to finish
+ * while the scheduler keeps stepping them, freezes stepping, or reloads the
+ * weights under the step lock.
  *
  * Locking: e->mu guards the queue, the running array, every request's
- * `cancelled`, the KV bookkeeping and the stats. The forward pass, sampling
- * and callbacks run without it; only the scheduler thread changes the
- * running array and a running request's tokens, so it may read them
- * unlocked.
+ * `cancelled`, the KV bookkeeping, the control flags and the stats. The
+ * forward pass, sampling and callbacks run without it; only the scheduler
+ * thread changes the running array and a running request's tokens, so it
+ * may read them unlocked. e->step_mu is held by the scheduler across each
+ * forward pass and by a weight reload; it is always taken before e->mu,
+ * never while holding it.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -73,6 +78,13 @@ struct ms__engine {
   int *prompt_done;                 /* [max_batch] entry finished its prompt this step (heap) */
   pthread_mutex_t mu;               /* see the file comment */
   pthread_cond_t cv;                /* the scheduler sleeps here when idle */
+  pthread_mutex_t step_mu;          /* held across a forward pass and a weight reload */
+  pthread_cond_t idle_cv;           /* broadcast at every step end (wait_idle, freeze) */
+  int admit_open;                   /* waiting requests may enter the batch */
+  int frozen;                       /* no forward pass runs (pause with keep) */
+  int in_step;                      /* a step is between step_begin and step_end */
+  int weights_valid;                /* 0: submit refuses, nothing is admitted */
+  char weights_reason[ERR_MAX];     /* why the weights are not valid */
   pthread_t thread;                 /* the scheduler */
   int thread_started;               /* thread needs joining */
   int stop;                         /* destroy asked: abort everything, exit */
@@ -130,7 +142,6 @@ static void finish_locked(ms__engine_t *e, request_t *r, ms__finish_t reason, re
   r->reason = reason;
   e->st.requests_total++;
   e->st.prompt_tokens_total += (uint64_t)r->n_prompt;
-  e->st.generated_tokens_total += (uint64_t)r->n_gen;
   e->st.cached_tokens_total += (uint64_t)r->cached_tokens;
   r->next = *fin;
   *fin = r;
@@ -300,6 +311,7 @@ static void run_step(ms__engine_t *e) {
   }
   /* Sample and report without the lock; decide who finishes. */
   int *ended = e->ended, *prompt_done = e->prompt_done;
+  uint64_t sampled = 0; /* tokens of this step: counted as they come, not at finish */
   for (size_t k = 0; k < nb; k++) {
     request_t *r = e->batch_req[k];
     const ms__batch_seq_t *b = &e->batch[k];
@@ -312,6 +324,7 @@ static void run_step(ms__engine_t *e) {
     int tok = ms__sample(&e->sampler, b->logits, e->vocab, r->sp.temperature, r->sp.top_k,
                          r->sp.top_p, &r->rng);
     r->tokens[r->n_prompt + r->n_gen++] = tok;
+    sampled++;
     if (r->cb.on_token)
       r->cb.on_token(r->cb.user, tok);
     if (is_stop(e, r, tok))
@@ -334,35 +347,56 @@ static void run_step(ms__engine_t *e) {
       }
     finish_locked(e, r, (ms__finish_t)ended[k], &fin);
   }
+  e->st.generated_tokens_total += sampled;
   e->st.steps++;
   pthread_mutex_unlock(&e->mu);
   deliver(fin);
 }
 
+/* 1 when the scheduler has something to do now: cancels to reap (also
+ * while frozen, so a client that leaves frees its blocks), running requests
+ * to step unless frozen, waiting ones to admit when admission is open. */
+static int has_work_locked(const ms__engine_t *e) {
+  if (e->cancels)
+    return 1;
+  if (e->frozen)
+    return 0;
+  return e->n_running > 0 || (e->n_waiting > 0 && e->admit_open && e->weights_valid);
+}
+
 /* The scheduler thread. Each turn of the loop is one step; a step begins
  * when the thread takes the lock with work to do and ends when it takes it
- * again after the forward pass. */
+ * again after the forward pass. The forward pass runs under step_mu so that
+ * a weight reload (which takes it) falls between two steps. */
 static void *scheduler_main(void *arg) {
   ms__engine_t *e = arg;
   pthread_mutex_lock(&e->mu);
   for (;;) {
-    while (!e->stop && e->n_waiting == 0 && e->n_running == 0)
+    while (!e->stop && !has_work_locked(e))
       pthread_cond_wait(&e->cv, &e->mu);
     if (e->stop)
       break;
     /* step_begin: the batch may change only here, under the lock. */
     request_t *fin = NULL;
     reap_cancelled_locked(e, &fin);
-    admit_locked(e, &fin);
-    int work = e->n_running > 0;
+    if (e->admit_open && e->weights_valid && !e->frozen)
+      admit_locked(e, &fin);
+    int work = e->n_running > 0 && !e->frozen;
+    e->in_step = 1;
     pthread_mutex_unlock(&e->mu);
     deliver(fin);
-    if (work)
+    if (work) {
+      pthread_mutex_lock(&e->step_mu);
       run_step(e);
+      pthread_mutex_unlock(&e->step_mu);
+    }
     pthread_mutex_lock(&e->mu);
-    /* step_end: nothing in flight; a pause would wait here. With nothing
-     * running, every block is free or evictable, so a waiting head always
-     * fits (or is finished as never fitting): the loop cannot spin. */
+    /* step_end: nothing in flight and every on_finish of this step has
+     * run; a drain, a freeze or a release waits for this moment. With
+     * nothing running, every block is free or evictable, so a waiting head
+     * always fits (or is finished as never fitting): the loop cannot spin. */
+    e->in_step = 0;
+    pthread_cond_broadcast(&e->idle_cv);
   }
   /* Shutdown: everything still here ends with abort. */
   request_t *fin = NULL;
@@ -378,6 +412,7 @@ static void *scheduler_main(void *arg) {
   }
   e->wait_tail = NULL;
   e->n_waiting = 0;
+  pthread_cond_broadcast(&e->idle_cv);
   pthread_mutex_unlock(&e->mu);
   deliver(fin);
   return NULL;
@@ -400,6 +435,8 @@ static void engine_free(ms__engine_t *e) {
   if (e->model_loaded)
     ms__model_free(&e->model);
   pthread_cond_destroy(&e->cv);
+  pthread_cond_destroy(&e->idle_cv);
+  pthread_mutex_destroy(&e->step_mu);
   pthread_mutex_destroy(&e->mu);
   free(e);
 }
@@ -421,6 +458,14 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
     return ms__fail(MEMSLEEP_ENOMEM, "engine: state (%zu bytes)", sizeof *e);
   pthread_mutex_init(&e->mu, NULL);
   pthread_cond_init(&e->cv, NULL);
+  pthread_mutex_init(&e->step_mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&e->idle_cv, &ca);
+  pthread_condattr_destroy(&ca);
+  e->admit_open = 1;
+  e->weights_valid = 1;
   int rc = ms__model_load(opt->model_dir, "weights", MEMSLEEP_BACKUP, MEMSLEEP_HOST, opt->progress,
                           opt->progress_user, &e->model);
   if (rc != 0) {
@@ -556,6 +601,13 @@ int ms__engine_submit(ms__engine_t *e, const int *prompt, size_t n, const ms__sa
     request_free(r);
     return ms__fail(MEMSLEEP_ESTATE, "submit: the engine is shutting down");
   }
+  if (!e->weights_valid) {
+    char why[ERR_MAX];
+    snprintf(why, sizeof why, "%s", e->weights_reason);
+    pthread_mutex_unlock(&e->mu);
+    request_free(r);
+    return ms__fail(MS__EWEIGHTS, "%s", why);
+  }
   if (e->n_waiting >= e->max_queue) {
     size_t q = e->n_waiting;
     pthread_mutex_unlock(&e->mu);
@@ -631,5 +683,139 @@ void ms__engine_stats(ms__engine_t *e, ms__engine_stats_t *out) {
   out->kv_blocks_free = ms__kv_available(&e->kv);
   out->kv_block_tokens = (size_t)e->block_tokens;
   out->prefix_cached_blocks = e->kv.n_cached;
+  pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- control (the sleep/wake controller) ---------------------------- */
+
+void ms__engine_set_admission(ms__engine_t *e, int open) {
+  pthread_mutex_lock(&e->mu);
+  e->admit_open = open != 0;
+  pthread_cond_broadcast(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
+/* Absolute CLOCK_MONOTONIC time timeout_ms from now. */
+static struct timespec deadline_after(long timeout_ms) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  t.tv_sec += timeout_ms / 1000;
+  t.tv_nsec += (timeout_ms % 1000) * 1000000L;
+  if (t.tv_nsec >= 1000000000L) {
+    t.tv_sec++;
+    t.tv_nsec -= 1000000000L;
+  }
+  return t;
+}
+
+/* Waits for "nothing runs and no step is in flight" rather than only
+ * n_running == 0: the step that finished the last request delivers its
+ * on_finish callbacks after dropping the lock, and a caller about to
+ * release memory wants every drained request answered first. */
+int ms__engine_wait_idle(ms__engine_t *e, long timeout_ms, size_t *running_at_start) {
+  struct timespec until = deadline_after(timeout_ms > 0 ? timeout_ms : 0);
+  pthread_mutex_lock(&e->mu);
+  if (running_at_start)
+    *running_at_start = e->n_running;
+  int rc = 0;
+  while (e->n_running > 0 || e->in_step) {
+    if (e->stop) {
+      rc = ms__fail(MEMSLEEP_ESTATE, "engine: shutting down while waiting for %zu requests",
+                    e->n_running);
+      break;
+    }
+    if (e->frozen && e->n_running > 0) {
+      rc = ms__fail(MEMSLEEP_ESTATE,
+                    "engine: %zu running requests cannot finish while stepping is frozen",
+                    e->n_running);
+      break;
+    }
+    if (timeout_ms < 0) {
+      pthread_cond_wait(&e->idle_cv, &e->mu);
+    } else if (pthread_cond_timedwait(&e->idle_cv, &e->mu, &until) != 0) {
+      if (e->n_running > 0 || e->in_step) {
+        rc = ms__fail(MS__ETIMEDOUT, "engine: %zu requests still running after %ld ms",
+                      e->n_running, timeout_ms);
+        break;
+      }
+    }
+  }
+  pthread_mutex_unlock(&e->mu);
+  return rc;
+}
+
+void ms__engine_set_frozen(ms__engine_t *e, int frozen) {
+  pthread_mutex_lock(&e->mu);
+  e->frozen = frozen != 0;
+  pthread_cond_broadcast(&e->cv);
+  /* A step already past step_begin finishes first: after this returns no
+   * forward pass runs until the unfreeze. */
+  while (e->frozen && e->in_step && !e->stop)
+    pthread_cond_wait(&e->idle_cv, &e->mu);
+  pthread_mutex_unlock(&e->mu);
+}
+
+size_t ms__engine_abort_all(ms__engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  size_t n = 0;
+  for (size_t i = 0; i < e->n_running; i++)
+    if (!e->running[i]->cancelled) {
+      e->running[i]->cancelled = 1;
+      n++;
+    }
+  for (request_t *r = e->wait_head; r; r = r->next)
+    if (!r->cancelled) {
+      r->cancelled = 1;
+      n++;
+    }
+  if (n) {
+    e->cancels = 1;
+    pthread_cond_broadcast(&e->cv);
+  }
+  pthread_mutex_unlock(&e->mu);
+  return n;
+}
+
+int ms__engine_reset_prefix_cache(ms__engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  ms__kv_prefix_reset(&e->kv);
+  pthread_mutex_unlock(&e->mu);
+  return 0;
+}
+
+int ms__engine_kv_zero(ms__engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  int rc = 0;
+  if (e->n_running > 0 || e->in_step)
+    rc = ms__fail(MEMSLEEP_ESTATE, "kv_zero: %zu requests are running", e->n_running);
+  else if (memsleep_is_asleep("kv_cache") == 1)
+    rc = ms__fail(MEMSLEEP_ESTATE, "kv_zero: the KV pool (tag \"kv_cache\") is asleep");
+  else
+    ms__kv_zero(&e->kv);
+  pthread_mutex_unlock(&e->mu);
+  return rc;
+}
+
+int ms__engine_reload_weights(ms__engine_t *e, const char *dir) {
+  if (!e || !dir)
+    return ms__fail(MEMSLEEP_EINVAL, "reload_weights: engine and dir are required");
+  /* The step lock, not e->mu: submits, cancels and stats go on while the
+   * files are read; only the forward pass waits. */
+  pthread_mutex_lock(&e->step_mu);
+  int rc = ms__model_reload(&e->model, dir, NULL, NULL);
+  pthread_mutex_lock(&e->mu);
+  if (rc == 0)
+    ms__kv_prefix_reset(&e->kv);
+  pthread_mutex_unlock(&e->mu);
+  pthread_mutex_unlock(&e->step_mu);
+  return rc;
+}
+
+void ms__engine_set_weights_valid(ms__engine_t *e, int valid, const char *reason) {
+  pthread_mutex_lock(&e->mu);
+  e->weights_valid = valid != 0;
+  snprintf(e->weights_reason, sizeof e->weights_reason, "%s",
+           reason ? reason : "the weights are not valid");
+  pthread_cond_broadcast(&e->cv);
   pthread_mutex_unlock(&e->mu);
 }

@@ -26,6 +26,11 @@
 
 /* The waiting queue is full: try again later (HTTP 503 with Retry-After). */
 #define MS__EBUSY (-100)
+/* A wait ran out of time (ms__engine_wait_idle). */
+#define MS__ETIMEDOUT (-101)
+/* The weights are not valid (released without backup and not reloaded):
+ * submit refuses new requests; memsleep_last_error() says why. */
+#define MS__EWEIGHTS (-102)
 
 #define MS__STOP_IDS_MAX 16
 
@@ -120,8 +125,8 @@ typedef struct ms__engine_stats {
   size_t waiting;          /* requests queued */
   uint64_t requests_total; /* finished requests, any reason */
   uint64_t prompt_tokens_total;
-  uint64_t generated_tokens_total;
-  uint64_t cached_tokens_total; /* prompt tokens served from the prefix cache */
+  uint64_t generated_tokens_total; /* counted at the end of each step, as tokens are made */
+  uint64_t cached_tokens_total;    /* prompt tokens served from the prefix cache */
   size_t kv_blocks_total;
   size_t kv_blocks_free; /* blocks a new request can take: free, or held by the prefix
                             cache alone (evicted when needed) */
@@ -131,5 +136,62 @@ typedef struct ms__engine_stats {
 } ms__engine_stats_t;
 
 void ms__engine_stats(ms__engine_t *e, ms__engine_stats_t *out);
+
+/* ---- control: what the sleep/wake controller (src/server/controller.c)
+ * drives. Each call is one transition under the engine's lock; none of
+ * them blocks a forward pass except ms__engine_reload_weights, which waits
+ * for the step in flight to end. ---------------------------------------- */
+
+/* Opens (open != 0) or closes admission. While it is closed the scheduler
+ * keeps stepping the running requests but moves no waiting request into
+ * the batch; new submits still queue (up to max_queue, then MS__EBUSY) and
+ * run once it reopens. Open by default. */
+void ms__engine_set_admission(ms__engine_t *e, int open);
+
+/* Waits until no request runs and no step is in flight (the scheduler keeps
+ * stepping the running ones meanwhile), at most timeout_ms (< 0: no limit).
+ * *running_at_start (may be NULL) gets how many ran when the wait began.
+ * Returns 0; MS__ETIMEDOUT when requests still run after timeout_ms;
+ * MEMSLEEP_ESTATE when stepping is frozen with requests running (they can
+ * never finish) or the engine is shutting down. Callers close admission
+ * first, or "no request runs" may not last. */
+int ms__engine_wait_idle(ms__engine_t *e, long timeout_ms, size_t *running_at_start);
+
+/* Freezes (frozen != 0) or unfreezes stepping: a frozen scheduler runs no
+ * forward pass, so running requests stay in place, holding their KV
+ * blocks, and go on token-identically after the unfreeze. Returns once no
+ * step is in flight. Cancelled requests are still finished while frozen. */
+void ms__engine_set_frozen(ms__engine_t *e, int frozen);
+
+/* Ends every running and waiting request with finish reason abort (their
+ * on_finish runs on the scheduler thread soon after, also while frozen).
+ * Returns how many were ended. */
+size_t ms__engine_abort_all(ms__engine_t *e);
+
+/* Drops the prefix cache (the blocks it alone held become free; running
+ * requests keep theirs). Unlike ms__engine_flush_cache this is allowed with
+ * requests waiting, and with requests running (the sleep/wake controller
+ * calls it after a drain, when none do). Cannot fail today; returns 0 so
+ * that a release can fail closed should it ever (rule 8). */
+int ms__engine_reset_prefix_cache(ms__engine_t *e);
+
+/* Zeroes the KV pool (after a wake of "kv_cache": its contents are
+ * undefined). MEMSLEEP_ESTATE while requests run (their keys and values
+ * would be lost) or while "kv_cache" is asleep. */
+int ms__engine_kv_zero(ms__engine_t *e);
+
+/* Reads the weights of dir into the loaded model's memory in place
+ * (ms__model_reload), between two steps: it holds the step lock, so no
+ * forward pass runs while the weights change. Then drops the prefix cache
+ * (its blocks hold keys and values computed with the old weights).
+ * Returns ms__model_reload's code; on MEMSLEEP_EINVAL / ENOTFOUND the old
+ * weights are untouched. */
+int ms__engine_reload_weights(ms__engine_t *e, const char *dir);
+
+/* Marks the weights valid (valid != 0) or not. While they are not, submit
+ * refuses with MS__EWEIGHTS and the message reason (copied; NULL: a
+ * default), and no waiting request is admitted: weights released without
+ * backup are never used (rule 11). Valid by default. */
+void ms__engine_set_weights_valid(ms__engine_t *e, int valid, const char *reason);
 
 #endif /* MEMSLEEP_ENGINE_ENGINE_H */

@@ -3,7 +3,8 @@
  *
  * Loads the model into the engine (a progress line while the weights load),
  * the tokenizer if the model directory has one, and serves the HTTP API
- * (http.c, routes*.c) on 127.0.0.1 unless told otherwise. SIGINT or
+ * (http.c, routes*.c) on 127.0.0.1 unless told otherwise, with the
+ * sleep/wake controller (controller.c) unless --disable-memory-saver. SIGINT or
  * SIGTERM stop it cleanly: new requests are refused, running ones are
  * cancelled and answered, connections close, then the engine frees its
  * memory. Exit status: 0 after a clean stop, 1 when start-up failed, 2 for
@@ -12,6 +13,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <malloc.h>
 #include <memsleep/memsleep.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "server/controller.h"
 #include "server/http.h"
 
 static void usage(FILE *f) {
@@ -29,7 +32,10 @@ static void usage(FILE *f) {
           "Serves a Llama-family model (Hugging Face directory: config.json, *.safetensors,\n"
           "tokenizer.json if text input is wanted) over HTTP: POST /generate (SGLang),\n"
           "POST /v1/completions (OpenAI), GET /health, /health_generate, /get_server_info,\n"
-          "/metrics, POST /flush_cache. See docs/http-api.md.\n"
+          "/metrics, POST /flush_cache, and the sleep/wake control plane: POST\n"
+          "/release_memory_occupation, /resume_memory_occupation, /pause_generation,\n"
+          "/continue_generation, /update_weights_from_disk, /sleep, /wake_up, GET\n"
+          "/is_sleeping. See docs/http-api.md and docs/control-plane.md.\n"
           "\n"
           "  --model DIR              the model directory (required)\n"
           "  --host ADDR              address to bind (default 127.0.0.1; 0.0.0.0 exposes\n"
@@ -46,6 +52,8 @@ static void usage(FILE *f) {
           "  --max-body-bytes N       largest request body; larger get 413 (default %zu)\n"
           "  --max-connections N      open connections at most (default 1024)\n"
           "  --timeout S              idle connection timeout in seconds (default 120)\n"
+          "  --disable-memory-saver   refuse release/resume_memory_occupation (and /sleep,\n"
+          "                           /wake_up) with an error: memory stays resident\n"
           "  --help                   this text\n"
           "  --version                the version\n"
           "\n"
@@ -95,6 +103,7 @@ int main(int argc, char **argv) {
   o->prefix_cache = 1;
   o->connection_limit = 1024;
   o->timeout_s = 120;
+  o->memory_saver = 1;
 
   enum {
     O_HOST = 256,
@@ -110,6 +119,7 @@ int main(int argc, char **argv) {
     O_BODY,
     O_CONN,
     O_TIMEOUT,
+    O_NOSAVER,
     O_VERSION
   };
   static const struct option longopts[] = {{"model", required_argument, NULL, 'm'},
@@ -126,6 +136,7 @@ int main(int argc, char **argv) {
                                            {"max-body-bytes", required_argument, NULL, O_BODY},
                                            {"max-connections", required_argument, NULL, O_CONN},
                                            {"timeout", required_argument, NULL, O_TIMEOUT},
+                                           {"disable-memory-saver", no_argument, NULL, O_NOSAVER},
                                            {"help", no_argument, NULL, 'h'},
                                            {"version", no_argument, NULL, O_VERSION},
                                            {NULL, 0, NULL, 0}};
@@ -174,6 +185,9 @@ int main(int argc, char **argv) {
     case O_TIMEOUT:
       o->timeout_s = (unsigned)parse_num("timeout", optarg, 1, 86400);
       break;
+    case O_NOSAVER:
+      o->memory_saver = 0;
+      break;
     case 'h':
       usage(stdout);
       return 0;
@@ -195,6 +209,18 @@ int main(int argc, char **argv) {
   }
   if (!o->served_model_name)
     o->served_model_name = o->model_dir;
+
+  /* One malloc arena and fixed thresholds (rule 13: a release gives
+   * cached heap back). malloc_trim(0) returns the free pages inside every
+   * arena but trims only the main arena's top, and a connection thread's
+   * own arena collects what it frees (a parsed body: many small blocks)
+   * at its top, out of reach. With one arena, everything freed is in
+   * reach; fixed thresholds (glibc raises them once a large block is
+   * freed) keep large blocks in their own mappings, unmapped on free. The
+   * handlers allocate little, so one arena costs no throughput. */
+  mallopt(M_ARENA_MAX, 1);
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 
   /* Every thread started from here on inherits this mask: the signals are
    * taken by sigwait below, never by a handler in another thread. */
@@ -245,6 +271,13 @@ int main(int argc, char **argv) {
             o->model_dir);
   }
 
+  srv.ctl = ms__ctl_create(srv.engine, o->memory_saver, &srv.stopping);
+  if (!srv.ctl) {
+    fprintf(stderr, "memsleep-serve: out of memory for the sleep/wake controller\n");
+    ms__tokenizer_free(srv.tok);
+    ms__engine_destroy(srv.engine);
+    return 1;
+  }
   ms__metrics_init(&srv.metrics);
   srv.started = time(NULL);
   char err[512];
@@ -253,6 +286,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "memsleep-serve: %s\n", err);
     ms__tokenizer_free(srv.tok);
     ms__engine_destroy(srv.engine);
+    ms__ctl_destroy(srv.ctl);
     ms__metrics_destroy(&srv.metrics);
     return 1;
   }
@@ -272,6 +306,7 @@ int main(int argc, char **argv) {
   atomic_store(&srv.stopping, 1);
   ms__http_stop(&srv, d, 10000);
   ms__engine_destroy(srv.engine);
+  ms__ctl_destroy(srv.ctl);
   ms__tokenizer_free(srv.tok);
   ms__metrics_destroy(&srv.metrics);
   fprintf(stderr, "memsleep-serve: stopped\n");

@@ -18,4 +18,14 @@ enum MHD_Result ms__route_server_info(ms__http_req_t *req);
 enum MHD_Result ms__route_metrics(ms__http_req_t *req);
 enum MHD_Result ms__route_flush_cache(ms__http_req_t *req);
 
+/* routes_control.c: the sleep/wake control plane (docs/control-plane.md) */
+enum MHD_Result ms__route_release_memory(ms__http_req_t *req);
+enum MHD_Result ms__route_resume_memory(ms__http_req_t *req);
+enum MHD_Result ms__route_is_sleeping(ms__http_req_t *req);
+enum MHD_Result ms__route_pause_generation(ms__http_req_t *req);
+enum MHD_Result ms__route_continue_generation(ms__http_req_t *req);
+enum MHD_Result ms__route_update_weights(ms__http_req_t *req);
+enum MHD_Result ms__route_sleep(ms__http_req_t *req);
+enum MHD_Result ms__route_wake_up(ms__http_req_t *req);
+
 #endif /* MEMSLEEP_SERVER_ROUTES_H */

@@ -232,6 +232,8 @@ static enum MHD_Result submit_error(ms__http_req_t *req, int rc) {
                            "retry after %d s",
                            s.waiting, s.running, req->srv->opt.max_queue, RETRY_AFTER_S);
   }
+  if (rc == MS__EWEIGHTS)
+    return ms__reply_error(req, 503, "cannot generate: %s", memsleep_last_error());
   if (rc == MEMSLEEP_EINVAL)
     return ms__reply_error(req, 400, "the engine refused the request: %s", memsleep_last_error());
   return ms__reply_error(req, 500, "the engine could not take the request (%s): %s",
@@ -336,7 +338,8 @@ enum MHD_Result ms__route_health_generate(ms__http_req_t *req) {
   if (rc != 0) {
     ms__gen_release(g);
     req->retry_after_s = rc == MS__EBUSY ? RETRY_AFTER_S : 0;
-    return ms__reply_error(req, 503, "cannot generate: %s (%s)", memsleep_strerror(rc),
+    return ms__reply_error(req, 503, "cannot generate: %s (%s)",
+                           rc == MS__EWEIGHTS ? "weights not valid" : memsleep_strerror(rc),
                            rc == MS__EBUSY ? "the queue is full" : memsleep_last_error());
   }
   size_t n = 0;

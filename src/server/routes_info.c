@@ -4,7 +4,8 @@
  * memory each memsleep tag holds.
  *
  * Memory figures are measured (memsleep_measure asks the backend which
- * pages are really there), not taken from what was planned.
+ * pages are really there), not taken from what was planned. The
+ * "memory_saver" object is the sleep/wake controller's state.
  */
 #include <memsleep/memsleep.h>
 #include <memsleep/probe.h>
@@ -15,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "server/controller.h"
 #include "server/json_util.h"
 #include "server/routes.h"
 
@@ -97,6 +99,21 @@ static json_t *scheduler_json(ms__server_t *srv) {
                    (json_int_t)s.prefix_cached_blocks, "steps", (json_int_t)s.steps);
 }
 
+/* The sleep/wake controller's state: {"enabled", "released_tags",
+ * "draining", "paused", "pause_mode", "weights_valid"}. */
+static json_t *memory_saver_json(ms__server_t *srv) {
+  ms__ctl_state_t st;
+  ms__ctl_state(srv->ctl, &st);
+  json_t *tags = json_array();
+  for (unsigned i = 0; i < MS__TAG_COUNT; i++)
+    if (st.released & (1u << i))
+      json_array_append_new(tags, json_string(ms__tag_name(i)));
+  const char *mode = ms__pause_mode_name(st.pause);
+  return json_pack("{s:b,s:o,s:b,s:b,s:o,s:b}", "enabled", st.enabled, "released_tags", tags,
+                   "draining", st.draining, "paused", st.pause != MS__PAUSE_NONE, "pause_mode",
+                   mode ? json_string(mode) : json_null(), "weights_valid", st.weights_valid);
+}
+
 enum MHD_Result ms__route_server_info(ms__http_req_t *req) {
   ms__server_t *srv = req->srv;
   const ms__model_t *m = ms__engine_model(srv->engine);
@@ -122,10 +139,11 @@ enum MHD_Result ms__route_server_info(ms__http_req_t *req) {
       o->kv_block_tokens, "kv_blocks", (json_int_t)o->kv_blocks, "max_batch", o->max_batch,
       "max_queue", (json_int_t)o->max_queue, "max_context", srv->max_context, "prefix_cache",
       o->prefix_cache, "max_connections", (int)o->connection_limit, "timeout_s", (int)o->timeout_s);
-  json_t *info = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:I}", "server", "memsleep-serve",
+  json_t *info = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:I}", "server", "memsleep-serve",
                            "version", MS__SERVER_VERSION, "model", model, "arguments", args,
-                           "scheduler", scheduler_json(srv), "memory", memory_json(), "process",
-                           process_json(), "uptime_s", (json_int_t)(time(NULL) - srv->started));
+                           "scheduler", scheduler_json(srv), "memory", memory_json(),
+                           "memory_saver", memory_saver_json(srv), "process", process_json(),
+                           "uptime_s", (json_int_t)(time(NULL) - srv->started));
   if (!info)
     return ms__reply_error(req, 500, "cannot build the server info (out of memory?)");
   return ms__reply_json(req, 200, info);

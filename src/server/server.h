@@ -35,11 +35,15 @@ typedef struct ms__server_options {
   int prefix_cache;              /* --no-prefix-cache clears it */
   unsigned connection_limit;     /* --max-connections */
   unsigned timeout_s;            /* idle connection timeout */
+  int memory_saver;              /* --disable-memory-saver clears it: release/resume refused */
 } ms__server_options_t;
+
+struct ms__ctl;
 
 typedef struct ms__server {
   ms__server_options_t opt;
   ms__engine_t *engine;
+  struct ms__ctl *ctl;    /* the sleep/wake controller (controller.h) */
   ms__tokenizer_t *tok;   /* NULL: the model has no tokenizer.json */
   int vocab_size;         /* the model's: valid input ids are [0, vocab_size) */
   int max_context;        /* prompt + new tokens at most */

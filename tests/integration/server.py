@@ -150,3 +150,53 @@ def wait_until(fn, timeout_s=20, every_s=0.05):
         time.sleep(every_s)
         v = fn()
     return v
+
+
+def rss_bytes(pid):
+    """Resident set of process pid in bytes, from /proc/PID/smaps_rollup (the
+    kernel's own sum over every mapping), or None if it cannot be read."""
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def read_stream(connection, response):
+    """Reads a whole SSE answer; returns (events as dicts, ended_with_done)
+    and closes the connection."""
+    try:
+        events = list(sse_events(response))
+    finally:
+        connection.close()
+    done = bool(events) and events[-1] == "[DONE]"
+    return [json.loads(e) for e in events if e != "[DONE]"], done
+
+
+class Background(threading.Thread):
+    """Runs fn(*args) in a thread; .result holds its value, .error the
+    exception it raised (None if none)."""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args = fn, args
+        self.result = self.error = None
+        self.start()
+
+    def run(self):
+        try:
+            self.result = self.fn(*self.args)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            self.error = e
+
+    def value(self, timeout_s=120):
+        """Waits for the thread; returns its result or raises its error."""
+        self.join(timeout_s)
+        if self.is_alive():
+            raise AssertionError("background call still running after %s s" % timeout_s)
+        if self.error is not None:
+            raise self.error
+        return self.result
