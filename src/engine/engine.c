@@ -796,6 +796,19 @@ int ms__engine_kv_zero(ms__engine_t *e) {
   return rc;
 }
 
+int ms__engine_kv_repair(ms__engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  int rc = 0;
+  if (e->n_running > 0 || e->in_step)
+    rc = ms__fail(MEMSLEEP_ESTATE, "kv_repair: %zu requests are running", e->n_running);
+  else if (memsleep_is_asleep("kv_cache") == 1)
+    rc = ms__fail(MEMSLEEP_ESTATE, "kv_repair: the KV pool (tag \"kv_cache\") is asleep");
+  else
+    ms__kv_prefix_reset(&e->kv);
+  pthread_mutex_unlock(&e->mu);
+  return rc;
+}
+
 int ms__engine_reload_weights(ms__engine_t *e, const char *dir) {
   if (!e || !dir)
     return ms__fail(MEMSLEEP_EINVAL, "reload_weights: engine and dir are required");

@@ -180,6 +180,16 @@ int ms__engine_reset_prefix_cache(ms__engine_t *e);
  * would be lost) or while "kv_cache" is asleep. */
 int ms__engine_kv_zero(ms__engine_t *e);
 
+/* Repairs the KV cache after a wake of "kv_cache" (rule 9), cheaply: the
+ * pool's allocations are MEMSLEEP_ZERO, so memsleep_resume has just made
+ * them read as zeros (fresh pages on the host, the backend's zero on a GPU)
+ * and writing zeros again would only cost time (12 ms per 128 MiB on a small
+ * machine); what is left to repair is the bookkeeping - the prefix cache is
+ * dropped so no table points at discarded keys and values. Checks as
+ * ms__engine_kv_zero (MEMSLEEP_ESTATE while requests run or "kv_cache" is
+ * asleep). */
+int ms__engine_kv_repair(ms__engine_t *e);
+
 /* Reads the weights of dir into the loaded model's memory in place
  * (ms__model_reload), between two steps: it holds the step lock, so no
  * forward pass runs while the weights change. Then drops the prefix cache

@@ -402,7 +402,7 @@ void ms__ctl_resume(ms__ctl_t *c, unsigned tags, int tags_given, ms__ctl_result_
   const char *names[MS__TAG_COUNT];
   size_t n = tag_names(tags, names);
   int rc = memsleep_resume(names, n);
-  if (rc == 0 && (tags & MS__TAG_KV_CACHE) && ms__engine_kv_zero(c->engine) != 0) {
+  if (rc == 0 && (tags & MS__TAG_KV_CACHE) && ms__engine_kv_repair(c->engine) != 0) {
     /* Never let an unrepaired pool be used: put kv_cache back to sleep. */
     char msg[512];
     snprintf(msg, sizeof msg, "%s", memsleep_last_error());

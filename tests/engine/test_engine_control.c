@@ -365,6 +365,26 @@ static void test_kv_sleep_cycle_with_prefix_reset_and_zero(void **state) {
   tc_run(f->e, PROMPT, PROMPT_N, &sp, &r);
   assert_memory_equal(r.tokens, ref.tokens, sizeof(int) * 10);
   assert_int_equal(r.info.cached_tokens, 0);
+  tc_destroy(&r);
+
+  /* The cheap repair the server uses: the pool comes back as zeros from
+   * memsleep (MEMSLEEP_ZERO), the prefix cache goes, outputs are the same. */
+  ms__engine_set_admission(f->e, 0);
+  assert_int_equal(ms__engine_wait_idle(f->e, -1, NULL), 0);
+  assert_int_equal(ms__engine_reset_prefix_cache(f->e), 0);
+  assert_int_equal(memsleep_release_flags(&kv, 1, MEMSLEEP_RELEASE_NO_BACKUP), 0);
+  assert_int_equal(ms__engine_kv_repair(f->e), MEMSLEEP_ESTATE); /* asleep */
+  assert_int_equal(memsleep_resume(&kv, 1), 0);
+  memsleep_stats_t kvs;
+  assert_int_equal(memsleep_measure("kv_cache", &kvs), 0);
+  assert_int_equal(kvs.resident_bytes, kvs.reserved_bytes); /* mapped, populated */
+  assert_int_equal(ms__engine_kv_repair(f->e), 0);
+  ms__engine_stats(f->e, &st);
+  assert_int_equal(st.prefix_cached_blocks, 0);
+  ms__engine_set_admission(f->e, 1);
+  tc_run(f->e, PROMPT, PROMPT_N, &sp, &r);
+  assert_memory_equal(r.tokens, ref.tokens, sizeof(int) * 10);
+  assert_int_equal(r.info.cached_tokens, 0);
   tc_destroy(&ref);
   tc_destroy(&r);
 }
