@@ -20,27 +20,27 @@
 #define MS__EOS_MAX 8
 
 typedef enum ms__arch {
-  MS__ARCH_LLAMA,   /* LlamaForCausalLM */
-  MS__ARCH_QWEN2,   /* Qwen2ForCausalLM: q/k/v projections have biases */
-  MS__ARCH_MISTRAL  /* MistralForCausalLM */
+  MS__ARCH_LLAMA,  /* LlamaForCausalLM */
+  MS__ARCH_QWEN2,  /* Qwen2ForCausalLM: q/k/v projections have biases */
+  MS__ARCH_MISTRAL /* MistralForCausalLM */
 } ms__arch_t;
 
 typedef struct ms__model_config {
   ms__arch_t arch;
-  char arch_name[64];         /* as in config.json "architectures"[0] */
+  char arch_name[64]; /* as in config.json "architectures"[0] */
   int vocab_size;
-  int hidden_size;            /* d_model */
-  int intermediate_size;      /* SwiGLU hidden width */
-  int num_layers;             /* num_hidden_layers */
-  int num_heads;              /* num_attention_heads */
-  int num_kv_heads;           /* num_key_value_heads (grouped-query attention) */
-  int head_dim;               /* hidden_size / num_heads unless config says */
-  int max_position;           /* max_position_embeddings: the context length */
-  float rope_theta;           /* RoPE base (default 10000) */
-  float rms_norm_eps;         /* RMSNorm epsilon (default 1e-6) */
-  int tie_word_embeddings;    /* lm_head shares embed_tokens */
-  int qkv_bias;               /* q/k/v projections have biases (Qwen2) */
-  int bos_token_id;           /* -1 if none */
+  int hidden_size;                /* d_model */
+  int intermediate_size;          /* SwiGLU hidden width */
+  int num_layers;                 /* num_hidden_layers */
+  int num_heads;                  /* num_attention_heads */
+  int num_kv_heads;               /* num_key_value_heads (grouped-query attention) */
+  int head_dim;                   /* hidden_size / num_heads unless config says */
+  int max_position;               /* max_position_embeddings: the context length */
+  float rope_theta;               /* RoPE base (default 10000) */
+  float rms_norm_eps;             /* RMSNorm epsilon (default 1e-6) */
+  int tie_word_embeddings;        /* lm_head shares embed_tokens */
+  int qkv_bias;                   /* q/k/v projections have biases (Qwen2) */
+  int bos_token_id;               /* -1 if none */
   int eos_token_ids[MS__EOS_MAX]; /* eos_token_id: one or a list */
   int n_eos;
 } ms__model_config_t;
@@ -48,29 +48,29 @@ typedef struct ms__model_config {
 /* One decoder layer. Matrices are row-major [out_features][in_features], as
  * Hugging Face stores nn.Linear weights: y = W x. */
 typedef struct ms__layer {
-  float *attn_norm;          /* [hidden] input_layernorm */
-  float *wq;                 /* [num_heads*head_dim][hidden] */
-  float *wk;                 /* [num_kv_heads*head_dim][hidden] */
-  float *wv;                 /* [num_kv_heads*head_dim][hidden] */
-  float *bq, *bk, *bv;       /* biases when qkv_bias, else NULL */
-  float *wo;                 /* [hidden][num_heads*head_dim] */
-  float *ffn_norm;           /* [hidden] post_attention_layernorm */
-  float *w_gate;             /* [intermediate][hidden] */
-  float *w_up;               /* [intermediate][hidden] */
-  float *w_down;             /* [hidden][intermediate] */
+  float *attn_norm;    /* [hidden] input_layernorm */
+  float *wq;           /* [num_heads*head_dim][hidden] */
+  float *wk;           /* [num_kv_heads*head_dim][hidden] */
+  float *wv;           /* [num_kv_heads*head_dim][hidden] */
+  float *bq, *bk, *bv; /* biases when qkv_bias, else NULL */
+  float *wo;           /* [hidden][num_heads*head_dim] */
+  float *ffn_norm;     /* [hidden] post_attention_layernorm */
+  float *w_gate;       /* [intermediate][hidden] */
+  float *w_up;         /* [intermediate][hidden] */
+  float *w_down;       /* [hidden][intermediate] */
 } ms__layer_t;
 
 typedef struct ms__model {
   ms__model_config_t cfg;
-  float *embed;              /* [vocab][hidden] model.embed_tokens */
-  ms__layer_t *layers;       /* [num_layers], heap (never in a sleeping region) */
-  float *final_norm;         /* [hidden] model.norm */
-  float *lm_head;            /* [vocab][hidden]; == embed when tied */
-  void **allocs;             /* the memsleep allocations holding the weights */
+  float *embed;        /* [vocab][hidden] model.embed_tokens */
+  ms__layer_t *layers; /* [num_layers], heap (never in a sleeping region) */
+  float *final_norm;   /* [hidden] model.norm */
+  float *lm_head;      /* [vocab][hidden]; == embed when tied */
+  void **allocs;       /* the memsleep allocations holding the weights */
   size_t nallocs;
-  size_t weight_bytes;       /* bytes of float32 weights in memsleep memory */
-  char dir[4096];            /* the directory the weights came from */
-  char tag[64];              /* memsleep tag of the weights */
+  size_t weight_bytes; /* bytes of float32 weights in memsleep memory */
+  char dir[4096];      /* the directory the weights came from */
+  char tag[64];        /* memsleep tag of the weights */
 } ms__model_t;
 
 /* Called while loading: bytes done of bytes total (for a progress line). */
