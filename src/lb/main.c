@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cli_args.h"
 #include "lb/front.h"
 #include "lb/lb.h"
 
@@ -65,20 +66,6 @@ static long parse_ms(const char *name, const char *arg, double max_s) {
   }
   long ms = (long)(v * 1000.0 + 0.5);
   return ms < 1 ? 1 : ms;
-}
-
-/* Parses arg as an integer in [min, max] for option name; exits 2 with a
- * message otherwise. */
-static long long parse_num(const char *name, const char *arg, long long min, long long max) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(arg, &end, 10);
-  if (errno || end == arg || *end || v < min || v > max) {
-    fprintf(stderr, "memsleep-lb: --%s '%s' is not a number from %lld to %lld\n", name, arg, min,
-            max);
-    exit(2);
-  }
-  return v;
 }
 
 int main(int argc, char **argv) {
@@ -145,7 +132,7 @@ int main(int argc, char **argv) {
       o->host = optarg;
       break;
     case O_PORT:
-      o->port = (int)parse_num("port", optarg, 0, 65535);
+      o->port = (int)ms__cli_num("memsleep-lb", "port", optarg, 0, 65535);
       break;
     case O_CTL_TO:
       o->control_timeout_ms = parse_ms("control-timeout", optarg, 86400);
@@ -163,10 +150,12 @@ int main(int argc, char **argv) {
       o->health_timeout_ms = parse_ms("health-timeout", optarg, 3600);
       break;
     case O_BODY:
-      o->max_body_bytes = (size_t)parse_num("max-body-bytes", optarg, 1, (long long)1 << 32);
+      o->max_body_bytes =
+          (size_t)ms__cli_num("memsleep-lb", "max-body-bytes", optarg, 1, (long long)1 << 32);
       break;
     case O_CONN:
-      o->max_connections = (unsigned)parse_num("max-connections", optarg, 1, 65536);
+      o->max_connections =
+          (unsigned)ms__cli_num("memsleep-lb", "max-connections", optarg, 1, 65536);
       break;
     case 'h':
       usage(stdout);

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/cli_args.h"
 #include "server/controller.h"
 #include "server/http.h"
 
@@ -59,20 +60,6 @@ static void usage(FILE *f) {
           "\n"
           "Stop it with SIGINT (Ctrl-C) or SIGTERM.\n",
           MS__DEFAULT_MAX_BODY_BYTES);
-}
-
-/* Parses arg as an integer in [min, max] for option name; exits 2 with a
- * message otherwise. */
-static long long parse_num(const char *name, const char *arg, long long min, long long max) {
-  char *end;
-  errno = 0;
-  long long v = strtoll(arg, &end, 10);
-  if (errno || end == arg || *end || v < min || v > max) {
-    fprintf(stderr, "memsleep-serve: --%s '%s' is not a number from %lld to %lld\n", name, arg, min,
-            max);
-    exit(2);
-  }
-  return v;
 }
 
 /* The weight-loading progress line: rewritten in place on a terminal, a
@@ -150,40 +137,42 @@ int main(int argc, char **argv) {
       o->host = optarg;
       break;
     case O_PORT:
-      o->port = (int)parse_num("port", optarg, 0, 65535);
+      o->port = (int)ms__cli_num("memsleep-serve", "port", optarg, 0, 65535);
       break;
     case O_NAME:
       o->served_model_name = optarg;
       break;
     case O_THREADS:
-      o->threads = (int)parse_num("threads", optarg, 0, 1024);
+      o->threads = (int)ms__cli_num("memsleep-serve", "threads", optarg, 0, 1024);
       break;
     case O_BATCH:
-      o->max_batch = (int)parse_num("max-batch", optarg, 1, 4096);
+      o->max_batch = (int)ms__cli_num("memsleep-serve", "max-batch", optarg, 1, 4096);
       break;
     case O_QUEUE:
-      o->max_queue = (size_t)parse_num("max-queue", optarg, 1, 1000000);
+      o->max_queue = (size_t)ms__cli_num("memsleep-serve", "max-queue", optarg, 1, 1000000);
       break;
     case O_CTX:
-      o->max_context = (int)parse_num("max-context", optarg, 2, 1 << 24);
+      o->max_context = (int)ms__cli_num("memsleep-serve", "max-context", optarg, 2, 1 << 24);
       break;
     case O_KVT:
-      o->kv_block_tokens = (int)parse_num("kv-block-tokens", optarg, 1, 4096);
+      o->kv_block_tokens = (int)ms__cli_num("memsleep-serve", "kv-block-tokens", optarg, 1, 4096);
       break;
     case O_KVB:
-      o->kv_blocks = (size_t)parse_num("kv-blocks", optarg, 1, 1LL << 32);
+      o->kv_blocks = (size_t)ms__cli_num("memsleep-serve", "kv-blocks", optarg, 1, 1LL << 32);
       break;
     case O_NOPREFIX:
       o->prefix_cache = 0;
       break;
     case O_BODY:
-      o->max_body_bytes = (size_t)parse_num("max-body-bytes", optarg, 64, 1LL << 32);
+      o->max_body_bytes =
+          (size_t)ms__cli_num("memsleep-serve", "max-body-bytes", optarg, 64, 1LL << 32);
       break;
     case O_CONN:
-      o->connection_limit = (unsigned)parse_num("max-connections", optarg, 1, 100000);
+      o->connection_limit =
+          (unsigned)ms__cli_num("memsleep-serve", "max-connections", optarg, 1, 100000);
       break;
     case O_TIMEOUT:
-      o->timeout_s = (unsigned)parse_num("timeout", optarg, 1, 86400);
+      o->timeout_s = (unsigned)ms__cli_num("memsleep-serve", "timeout", optarg, 1, 86400);
       break;
     case O_NOSAVER:
       o->memory_saver = 0;
