@@ -154,4 +154,36 @@ static inline void tm_assert_load_fails(const char *dir, int code) {
   tm_assert_nothing_allocated();
 }
 
+/* The tensors of m as (pointer, floats) pairs, in a fixed order; returns
+ * the count (ptrs/lens hold 4 + 12 * layers). */
+static inline size_t tm_tensors_of(const ms__model_t *m, float **ptrs, size_t *lens) {
+  const ms__model_config_t *c = &m->cfg;
+  size_t n = 0, h = (size_t)c->hidden_size, in = (size_t)c->intermediate_size;
+  size_t qd = (size_t)c->num_heads * c->head_dim, kvd = (size_t)c->num_kv_heads * c->head_dim;
+#define ADD(p, len) (ptrs[n] = (p), lens[n++] = (len))
+  ADD(m->embed, (size_t)c->vocab_size * h);
+  for (int l = 0; l < c->num_layers; l++) {
+    const ms__layer_t *L = &m->layers[l];
+    ADD(L->attn_norm, h);
+    ADD(L->wq, qd * h);
+    ADD(L->wk, kvd * h);
+    ADD(L->wv, kvd * h);
+    if (c->qkv_bias) {
+      ADD(L->bq, qd);
+      ADD(L->bk, kvd);
+      ADD(L->bv, kvd);
+    }
+    ADD(L->wo, h * qd);
+    ADD(L->ffn_norm, h);
+    ADD(L->w_gate, in * h);
+    ADD(L->w_up, in * h);
+    ADD(L->w_down, h * in);
+  }
+  ADD(m->final_norm, h);
+  if (!c->tie_word_embeddings)
+    ADD(m->lm_head, (size_t)c->vocab_size * h);
+#undef ADD
+  return n;
+}
+
 #endif /* MEMSLEEP_TESTS_ENGINE_MODEL_HELPERS_H */

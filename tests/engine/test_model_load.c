@@ -25,38 +25,6 @@ static void load_ok(const char *dir, ms__model_t *m) {
     fail_msg("load %s: %d %s", dir, rc, memsleep_last_error());
 }
 
-/* The tensors of m as (pointer, floats) pairs, in a fixed order; returns
- * the count (ptrs/lens hold 4 + 12 * layers). */
-static size_t tensors_of(const ms__model_t *m, float **ptrs, size_t *lens) {
-  const ms__model_config_t *c = &m->cfg;
-  size_t n = 0, h = (size_t)c->hidden_size, in = (size_t)c->intermediate_size;
-  size_t qd = (size_t)c->num_heads * c->head_dim, kvd = (size_t)c->num_kv_heads * c->head_dim;
-#define ADD(p, len) (ptrs[n] = (p), lens[n++] = (len))
-  ADD(m->embed, (size_t)c->vocab_size * h);
-  for (int l = 0; l < c->num_layers; l++) {
-    const ms__layer_t *L = &m->layers[l];
-    ADD(L->attn_norm, h);
-    ADD(L->wq, qd * h);
-    ADD(L->wk, kvd * h);
-    ADD(L->wv, kvd * h);
-    if (c->qkv_bias) {
-      ADD(L->bq, qd);
-      ADD(L->bk, kvd);
-      ADD(L->bv, kvd);
-    }
-    ADD(L->wo, h * qd);
-    ADD(L->ffn_norm, h);
-    ADD(L->w_gate, in * h);
-    ADD(L->w_up, in * h);
-    ADD(L->w_down, h * in);
-  }
-  ADD(m->final_norm, h);
-  if (!c->tie_word_embeddings)
-    ADD(m->lm_head, (size_t)c->vocab_size * h);
-#undef ADD
-  return n;
-}
-
 static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
   double ss = 0;
   for (int i = 0; i < n; i++)
@@ -164,8 +132,8 @@ static void test_load_each_arch_and_dtype(void **state) {
       }
       float *p[64], *rp[64];
       size_t len[64], rlen[64];
-      size_t n = tensors_of(&m, p, len);
-      assert_int_equal(tensors_of(&ref, rp, rlen), n);
+      size_t n = tm_tensors_of(&m, p, len);
+      assert_int_equal(tm_tensors_of(&ref, rp, rlen), n);
       assert_int_equal(m.nallocs, n);
       size_t bytes = 0;
       for (size_t i = 0; i < n; i++) {
@@ -208,8 +176,8 @@ static void test_sharded_equals_single(void **state) {
   load_ok(many, &b);
   float *pa[64], *pb[64];
   size_t la[64], lb[64];
-  size_t n = tensors_of(&a, pa, la);
-  assert_int_equal(tensors_of(&b, pb, lb), n);
+  size_t n = tm_tensors_of(&a, pa, la);
+  assert_int_equal(tm_tensors_of(&b, pb, lb), n);
   for (size_t i = 0; i < n; i++) {
     assert_int_equal(la[i], lb[i]);
     assert_memory_equal(pa[i], pb[i], la[i] * 4);

@@ -12,42 +12,11 @@
 
 #define TENSORS_MAX 64
 
-/* Every tensor pointer of m and its float count. */
-static size_t tensors_of(const ms__model_t *m, float **p, size_t *len) {
-  const ms__model_config_t *c = &m->cfg;
-  size_t n = 0, h = (size_t)c->hidden_size, in = (size_t)c->intermediate_size;
-  size_t qd = (size_t)c->num_heads * c->head_dim, kvd = (size_t)c->num_kv_heads * c->head_dim;
-#define ADD(ptr, l) (p[n] = (ptr), len[n++] = (l))
-  ADD(m->embed, (size_t)c->vocab_size * h);
-  for (int l = 0; l < c->num_layers; l++) {
-    const ms__layer_t *L = &m->layers[l];
-    ADD(L->attn_norm, h);
-    ADD(L->wq, qd * h);
-    ADD(L->wk, kvd * h);
-    ADD(L->wv, kvd * h);
-    if (c->qkv_bias) {
-      ADD(L->bq, qd);
-      ADD(L->bk, kvd);
-      ADD(L->bv, kvd);
-    }
-    ADD(L->wo, h * qd);
-    ADD(L->ffn_norm, h);
-    ADD(L->w_gate, in * h);
-    ADD(L->w_up, in * h);
-    ADD(L->w_down, h * in);
-  }
-  ADD(m->final_norm, h);
-  if (!c->tie_word_embeddings)
-    ADD(m->lm_head, (size_t)c->vocab_size * h);
-#undef ADD
-  return n;
-}
-
 /* A malloc'd copy of every tensor of m, concatenated. */
 static float *snapshot(const ms__model_t *m, size_t *total) {
   float *p[TENSORS_MAX];
   size_t len[TENSORS_MAX];
-  size_t n = tensors_of(m, p, len), sum = 0;
+  size_t n = tm_tensors_of(m, p, len), sum = 0;
   for (size_t i = 0; i < n; i++)
     sum += len[i];
   float *s = malloc(sum * sizeof(float)), *at = s;
@@ -88,13 +57,13 @@ static void test_reload_in_place_keeps_addresses(void **state) {
     load_ok(d2, "reference", &ref);
     float *before[TENSORS_MAX];
     size_t len[TENSORS_MAX];
-    size_t n = tensors_of(&m, before, len);
+    size_t n = tm_tensors_of(&m, before, len);
     size_t t1;
     float *old = snapshot(&m, &t1);
     ms__layer_t *layers = m.layers;
     assert_int_equal(ms__model_reload(&m, d2, NULL, NULL), 0);
     float *after[TENSORS_MAX];
-    assert_int_equal(tensors_of(&m, after, len), n);
+    assert_int_equal(tm_tensors_of(&m, after, len), n);
     for (size_t i = 0; i < n; i++)
       assert_ptr_equal(after[i], before[i]);
     assert_ptr_equal(m.layers, layers);
