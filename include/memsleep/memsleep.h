@@ -121,6 +121,20 @@ MEMSLEEP_API int memsleep_region_current(char *tag_out, unsigned *flags);
  * tags exist. */
 MEMSLEEP_API int memsleep_tags(char (*names)[MEMSLEEP_TAG_MAX + 1], size_t cap);
 
+/* 1 if ptr is an address memsleep_alloc() returned and that is not yet
+ * freed, 0 otherwise (NULL included). Does not touch the last error. */
+MEMSLEEP_API int memsleep_owns(const void *ptr);
+
+/*
+ * Whether host backups of device memory are kept after a resume so that the
+ * next release reuses them (pinned host memory is slow to allocate: keeping
+ * it makes every release after the first run at copy speed). keep = 1 keeps
+ * them (the default; the environment variable MEMSLEEP_KEEP_BACKUPS=0 makes
+ * 0 the default), 0 frees them at every resume and frees the ones kept now,
+ * -1 only asks. Returns the setting in force before the call.
+ */
+MEMSLEEP_API int memsleep_keep_backups(int keep);
+
 MEMSLEEP_API const char *memsleep_strerror(int err);
 MEMSLEEP_API const char *memsleep_last_error(void);
 

@@ -259,5 +259,6 @@ const ms__backend_t ms__host_backend = {
     .move_out = ms__host_move_out,
     .move_in = ms__host_move_in,
     .keep_backups = 0,
+    .slab_bytes = 0, /* off unless MEMSLEEP_SLAB_BYTES asks: one mapping each */
     .map_zeroes = 1,
 };

@@ -64,6 +64,10 @@ typedef struct ms__backend {
   /* 1 if backups should be kept after a resume so the next release reuses
    * them (pinned memory is costly to allocate), 0 to free them at once. */
   int keep_backups;
+  /* Size of the slabs small allocations are carved from (0: every
+   * allocation gets its own mapping). Allocations of at most a quarter of
+   * it go to slabs; MEMSLEEP_SLAB_BYTES overrides it for every backend. */
+  size_t slab_bytes;
   /* 1 if map() always hands out zeroed memory, so MEMSLEEP_ZERO needs no
    * zero() after it. */
   int map_zeroes;
@@ -74,5 +78,6 @@ typedef struct ms__backend {
 int ms__backend_for(int device, const ms__backend_t **out);
 
 extern const ms__backend_t ms__host_backend;
+extern const ms__backend_t ms__cuda_backend;
 
 #endif /* MEMSLEEP_CORE_BACKEND_H */

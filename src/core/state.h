@@ -1,10 +1,13 @@
 /*
  * state.h - the memory core's records and its one global state.
  *
- * An ms__alloc_t is one allocation: a reserved address range with, while
- * awake, physical memory behind it. An ms__tag_t groups the allocations of
- * one tag and carries the tag's asleep/awake state. The registry (ptrmap)
- * finds an allocation by its address.
+ * An ms__block_t is what the user holds: one address memsleep_alloc()
+ * returned. It lives in an ms__alloc_t, a unit of mapping: a reserved
+ * address range with, while awake, physical memory behind it. A large
+ * allocation has a unit to itself; small ones of the same tag, policy and
+ * device share a slab unit, so a release costs per slab, not per block.
+ * An ms__tag_t groups the units of one tag and carries the tag's
+ * asleep/awake state. The registry (ptrmap) finds a block by its address.
  *
  * Locking: ms__g.lock guards every field below except where noted. A tag
  * that is in a release or resume is marked busy; the thread running the
@@ -31,11 +34,40 @@ typedef enum ms__alloc_state {
 } ms__alloc_state_t;
 
 typedef struct ms__tag ms__tag_t;
+typedef struct ms__alloc ms__alloc_t;
 
-typedef struct ms__alloc {
-  void *va;                /* address handed to the user; fixed for life */
-  size_t size;             /* bytes the user asked for */
+/* A free range inside a slab, in a list sorted by offset. */
+typedef struct ms__range {
+  size_t off;
+  size_t len;
+  struct ms__range *next;
+} ms__range_t;
+
+/* What the user holds: an address memsleep_alloc() returned. A block lives
+ * in a unit (an ms__alloc_t), alone (the unit's own block) or carved out of
+ * a slab with other small blocks of the same tag, policy and device. */
+typedef struct ms__block {
+  void *ptr;          /* address handed to the user */
+  size_t size;        /* bytes the user asked for */
+  size_t span;        /* bytes it takes in its unit (aligned size) */
+  ms__alloc_t *unit;  /* the mapping it lives in */
+} ms__block_t;
+
+/* A unit of mapping: one reserved range that release unmaps and resume
+ * maps as a whole. It serves one large allocation, or (slab) many small
+ * ones, so that the cost of a release does not grow with their number. */
+struct ms__alloc {
+  void *va;                /* start of the range; fixed for life */
+  size_t size;             /* bytes whose contents matter (copied to a backup) */
   size_t reserved;         /* size rounded up to the backend granularity */
+  int slab;                /* 1: shared by small blocks; 0: one block */
+  size_t nblocks;          /* live blocks in it */
+  ms__block_t own;         /* the block of a unit that is not a slab */
+  ms__range_t *free_list;  /* slab: its free ranges, by offset */
+  size_t free_bytes;       /* slab: sum of those */
+  struct ms__alloc *room_prev; /* slab: neighbours in the tag's slabs with room */
+  struct ms__alloc *room_next;
+  int in_room;             /* slab: on that list */
   int device;              /* MEMSLEEP_HOST or a CUDA ordinal */
   unsigned flags;          /* MEMSLEEP_BACKUP / MEMSLEEP_ZERO */
   const ms__backend_t *be; /* backend serving device */
@@ -48,7 +80,7 @@ typedef struct ms__alloc {
   int backup_valid;        /* backup holds the current contents */
   int backup_moved;        /* backup came from move_out (consumed by move_in) */
   unsigned did;            /* MS__DID_* steps of the running transition */
-} ms__alloc_t;
+};
 
 /* What the transition that owns an allocation has done to it so far; the
  * rollback undoes exactly these steps, in reverse. */
@@ -66,7 +98,8 @@ struct ms__tag {
   int asleep;             /* released (1) or awake (0) */
   int busy;               /* a release/resume of this tag is running */
   size_t pending;         /* allocations being mapped outside the lock */
-  ms__alloc_t *head;      /* the tag's allocations */
+  ms__alloc_t *head;      /* the tag's units */
+  ms__alloc_t *room;      /* its slabs with free space */
   memsleep_stats_t stats; /* kept current under the lock */
 };
 
@@ -74,7 +107,7 @@ typedef struct ms__global {
   pthread_mutex_t lock;       /* guards everything here */
   pthread_cond_t changed;     /* signalled when busy or pending drops */
   pthread_mutex_t transition; /* one release/resume at a time */
-  ms__ptrmap_t by_address;    /* va -> ms__alloc_t */
+  ms__ptrmap_t by_address;    /* user address -> ms__block_t */
   ms__tag_t **tags;           /* every tag ever used, in order of first use */
   size_t ntags;
   size_t tags_capacity;
@@ -85,6 +118,24 @@ extern ms__global_t ms__g;
 /* The most tags a process may use; a guard against tag names made up per
  * request, which would otherwise grow the table without bound. */
 #define MS__TAGS_MAX 4096
+
+/* Slabs (slab.c). Blocks inside a slab start at multiples of this. */
+#define MS__SLAB_ALIGN 256
+/* The slab size for allocations on be's device (0: no slabs), from the
+ * backend's default or MEMSLEEP_SLAB_BYTES, rounded to granularity gran. */
+size_t ms__slab_bytes(const ms__backend_t *be, size_t gran);
+/* Sets up a new slab unit's free list (one range, the whole slab). */
+int ms__slab_init(ms__alloc_t *s);
+/* Carves span bytes out of slab s; 0 with *off, or MEMSLEEP_ENOMEM if no
+ * free range is large enough. */
+int ms__slab_carve(ms__alloc_t *s, size_t span, size_t *off);
+/* Gives [off, off+span) back to slab s, merging neighbours. */
+void ms__slab_give(ms__alloc_t *s, size_t off, size_t span);
+/* Frees a slab's free list. */
+void ms__slab_fini(ms__alloc_t *s);
+/* Puts slab s on / takes it off its tag's list of slabs with room. */
+void ms__room_add(ms__tag_t *t, ms__alloc_t *s);
+void ms__room_remove(ms__tag_t *t, ms__alloc_t *s);
 
 /* Validates a tag name (1..63 of [A-Za-z0-9_.-]); 0 or MEMSLEEP_EINVAL. */
 int ms__tag_check(const char *tag);

@@ -84,7 +84,7 @@ void ms__tag_drop_if_unused(ms__tag_t *t) {
 void ms__tag_restat(ms__tag_t *t) {
   memsleep_stats_t s = {0, 0, 0, 0};
   for (ms__alloc_t *a = t->head; a != NULL; a = a->next) {
-    s.allocations++;
+    s.allocations += a->nblocks;
     s.reserved_bytes += a->reserved;
     if (a->state != MS__RELEASED)
       s.resident_bytes += a->reserved;

@@ -133,6 +133,7 @@ static int ms__plan_begin(const char *verb, const char *const *tags, size_t ntag
               a->did = 0;
               p->allocs[n++] = a;
             }
+      p->nallocs = n; /* units; the count above was of blocks, never fewer */
     }
   }
   pthread_mutex_unlock(&ms__g.lock);
@@ -225,6 +226,75 @@ static size_t ms__release_rollback(ms__plan_t *p) {
   return stuck;
 }
 
+/* memsleep_keep_backups(): -1 until first asked, then 0 or 1. Read and
+ * written under ms__g.lock. */
+static int ms__keep = -1;
+
+static int ms__keep_now(void) {
+  if (ms__keep < 0) {
+    const char *env = getenv("MEMSLEEP_KEEP_BACKUPS");
+    ms__keep = !(env != NULL && strcmp(env, "0") == 0);
+  }
+  return ms__keep;
+}
+
+/* A kept backup taken off its allocation, to be freed unlocked. */
+typedef struct ms__kept {
+  const ms__backend_t *be;
+  int device;
+  void *buf;
+  size_t bytes;
+} ms__kept_t;
+
+/* Counts (out == NULL) or takes (out != NULL, up to cap) the backups kept
+ * for reuse by the awake allocations (lock held). */
+static size_t ms__kept_collect(ms__kept_t *out, size_t cap) {
+  size_t n = 0;
+  for (size_t i = 0; i < ms__g.ntags; i++) {
+    ms__tag_t *t = ms__g.tags[i];
+    if (t->asleep)
+      continue;
+    for (ms__alloc_t *a = t->head; a != NULL; a = a->next) {
+      if (a->backup == NULL || a->backup_valid || a->backup_moved)
+        continue;
+      if (out != NULL) {
+        if (n == cap)
+          break;
+        out[n] = (ms__kept_t){a->be, a->device, a->backup, a->backup_bytes};
+        ms__backup_forget(a);
+      }
+      n++;
+    }
+    if (out != NULL)
+      ms__tag_restat(t);
+  }
+  return n;
+}
+
+int memsleep_keep_backups(int keep) {
+  if (keep < -1 || keep > 1)
+    return ms__fail(MEMSLEEP_EINVAL,
+                    "memsleep_keep_backups(%d): pass 1 (keep), 0 (free) or -1 (ask)", keep);
+  /* No transition runs while we take the backups of awake tags. */
+  pthread_mutex_lock(&ms__g.transition);
+  pthread_mutex_lock(&ms__g.lock);
+  int before = ms__keep_now();
+  if (keep >= 0)
+    ms__keep = keep;
+  size_t n = keep == 0 ? ms__kept_collect(NULL, 0) : 0;
+  ms__kept_t *kept = n > 0 ? calloc(n, sizeof *kept) : NULL;
+  if (kept != NULL)
+    n = ms__kept_collect(kept, n);
+  else
+    n = 0; /* no memory for the list: each goes at its tag's next resume */
+  pthread_mutex_unlock(&ms__g.lock);
+  for (size_t k = 0; k < n; k++)
+    kept[k].be->backup_free(kept[k].device, kept[k].buf, kept[k].bytes);
+  pthread_mutex_unlock(&ms__g.transition);
+  free(kept);
+  return before;
+}
+
 int memsleep_release(const char *const *tags, size_t ntags) {
   return memsleep_release_flags(tags, ntags, 0);
 }
@@ -284,7 +354,13 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
   if (rc == 0)
     rc = rc_sync;
 
-  /* 2. Only now free physical memory, backed-up allocations first. */
+  /* 2. Only now free physical memory, backed-up allocations first - after
+   *    the work already queued on the devices, which may still use it. */
+  for (size_t k = 0; rc == 0 && k < p.nallocs; k++)
+    ms__syncset_add(&sync, p.allocs[k]->be, p.allocs[k]->device);
+  for (size_t i = 0; rc == 0 && i < sync.n; i++)
+    rc = sync.be[i]->sync(sync.dev[i]);
+  sync.n = 0;
   for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (a->state != MS__MAPPED)
@@ -377,17 +453,28 @@ int memsleep_resume(const char *const *tags, size_t ntags) {
   if (rc == 0)
     rc = rc_sync;
 
+  if (rc == MEMSLEEP_ENOMEM) {
+    size_t need = 0;
+    for (size_t k = 0; k < p.nallocs; k++)
+      if (p.allocs[k]->state == MS__RELEASED || (p.allocs[k]->did & MS__DID_MAP))
+        need += p.allocs[k]->reserved;
+    ms__fail_append("; this resume needs %zu bytes (%.2f GiB) of device memory in all", need,
+                    (double)need / (1024.0 * 1024.0 * 1024.0));
+  }
   if (rc != 0) {
     ms__resume_rollback(&p);
     ms__fail_append("; resume undone, the tags stay asleep with their backups");
   } else {
+    pthread_mutex_lock(&ms__g.lock);
+    int keep = ms__keep_now();
+    pthread_mutex_unlock(&ms__g.lock);
     for (size_t k = 0; k < p.nallocs; k++) {
       ms__alloc_t *a = p.allocs[k];
       if (a->did & MS__DID_MOVE_IN)
         ms__backup_forget(a); /* its pages are the allocation's again */
       a->state = MS__MAPPED;
       if (a->backup != NULL) {
-        if (a->be->keep_backups)
+        if (a->be->keep_backups && keep)
           a->backup_valid = 0; /* kept for the next release to reuse */
         else
           ms__backup_drop(a);
