@@ -29,6 +29,7 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "cuda_driver.h"
+#include "cuda_pin.h"
 #include "memsleep/memsleep.h"
 
 #define MS__CU_DEVICES_MAX 64
@@ -47,6 +48,7 @@ typedef struct ms__cu_dev {
   atomic_uint next; /* round-robin stream index */
   ms__cu_access_desc_t access[MS__CU_DEVICES_MAX];
   size_t naccess;
+  ms__pin_job_t *pin; /* backups being prepared for the running release */
 } ms__cu_dev_t;
 
 static ms__cu_dev_t ms__cu_devs[MS__CU_DEVICES_MAX];
@@ -308,9 +310,10 @@ static int ms__cu_resident(int device, const void *va, size_t size, size_t *out)
 }
 
 /* How backups are pinned: "register" (default) maps anonymous memory,
- * asks for transparent huge pages, faults it in from several threads and
- * registers it with the driver; "alloc" lets cuMemHostAlloc do it all on
- * one thread (about 1.7 GB/s measured on an H100 host, too slow for a
+ * asks for transparent huge pages, faults it in and registers it with the
+ * driver - ahead of time on several threads when the core says what a
+ * release will need (cuda_pin.c); "alloc" lets cuMemHostAlloc do it all on
+ * one thread (1.7-2.7 GB/s measured on an H100 host, far too slow for a
  * first release of many gigabytes). */
 static int ms__cu_pin_register(void) {
   static atomic_int mode = -1;
@@ -323,62 +326,33 @@ static int ms__cu_pin_register(void) {
   return m;
 }
 
-typedef struct ms__cu_touch {
-  char *p;
-  size_t n;
-} ms__cu_touch_t;
-
-static void *ms__cu_touch_run(void *arg) {
-  ms__cu_touch_t *t = arg;
-  for (size_t off = 0; off < t->n; off += 4096)
-    t->p[off] = 0;
-  return NULL;
-}
-
-/* Faults [p, p+n) in, from several threads when it is large. */
-static void ms__cu_prefault(char *p, size_t n) {
-  enum { MAX_THREADS = 16 };
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long want = ms__cu_env_long("MEMSLEEP_CUDA_PIN_THREADS", cpus > 2 ? cpus / 2 : 1, 1,
-                              MAX_THREADS);
-  size_t nthreads = n >= ((size_t)16 << 20) ? (size_t)want : 1;
-  pthread_t th[MAX_THREADS];
-  ms__cu_touch_t part[MAX_THREADS];
-  size_t step = (n / nthreads + 4095) / 4096 * 4096;
-  size_t started = 0;
-  for (size_t i = 0; i < nthreads; i++) {
-    size_t off = i * step;
-    part[i].p = p + off;
-    part[i].n = off >= n ? 0 : (n - off < step ? n - off : step);
-    if (i > 0 && pthread_create(&th[i], NULL, ms__cu_touch_run, &part[i]) == 0)
-      started |= (size_t)1 << i;
-    else if (i > 0)
-      ms__cu_touch_run(&part[i]); /* no thread: do it here */
-  }
-  ms__cu_touch_run(&part[0]);
-  for (size_t i = 1; i < nthreads; i++)
-    if (started & ((size_t)1 << i))
-      pthread_join(th[i], NULL);
+static void ms__cu_backup_prepare(int device, const size_t *sizes, size_t n) {
+  ms__cu_dev_t *d = ms__cu_dev(device);
+  ms__pin_stop(d->pin); /* what a previous transition left */
+  d->pin = n > 0 && ms__cu_pin_register() ? ms__pin_start(device, d->ctx, sizes, n) : NULL;
 }
 
 static int ms__cu_backup_alloc(int device, size_t size, void **host) {
   ms__cu_dev_t *d = ms__cu_dev(device);
   if (ms__cu_pin_register()) {
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
+    void *p = ms__pin_take(d->pin, size);
+    if (p != NULL) {
+      *host = p;
+      return 0;
+    }
+    p = ms__pin_fault(size);
+    if (p == NULL)
       return ms__fail(MEMSLEEP_ENOMEM, "mmap(%zu bytes of host memory for a backup) failed",
                       size);
-    madvise(p, size, MADV_HUGEPAGE); /* fewer faults and pins; fine if refused */
-    ms__cu_prefault(p, size);
     int rc = ms__cu_enter(d, device);
     if (rc == 0) {
-      CUresult r = ms__cu.MemHostRegister(p, size, MS__CU_HOST_PORTABLE);
+      CUresult r = ms__cu.MemHostRegister(p, ms__pin_round(size), MS__CU_HOST_PORTABLE);
       ms__cu_leave();
       if (r != MS__CU_SUCCESS)
         rc = ms__cu_fail(r, "cuMemHostRegister(%zu bytes of host memory for a backup)", size);
     }
     if (rc != 0) {
-      munmap(p, size);
+      munmap(p, ms__pin_round(size));
       return rc;
     }
     *host = p;
@@ -401,7 +375,7 @@ static void ms__cu_backup_free(int device, void *host, size_t size) {
   if (ms__cu_pin_register()) {
     ms__cu.MemHostUnregister(host);
     ms__cu_leave();
-    munmap(host, size);
+    munmap(host, ms__pin_round(size));
     return;
   }
   ms__cu.MemFreeHost(host);
@@ -461,6 +435,7 @@ const ms__backend_t ms__cuda_backend = {
     .resident = ms__cu_resident,
     .backup_alloc = ms__cu_backup_alloc,
     .backup_free = ms__cu_backup_free,
+    .backup_prepare = ms__cu_backup_prepare,
     .copy_out = ms__cu_copy_out,
     .copy_in = ms__cu_copy_in,
     .sync = ms__cu_sync,

@@ -47,6 +47,11 @@ typedef struct ms__backend {
   /* Host memory for a backup of size bytes of device memory. */
   int (*backup_alloc)(int device, size_t size, void **host);
   void (*backup_free)(int device, void *host, size_t size);
+  /* Optional (NULL when not needed): the sizes backup_alloc() is about to
+   * be asked for on device, in that order, so the backend can prepare the
+   * buffers ahead while earlier copies run; n == 0 ends it and frees what
+   * was prepared but not asked for. */
+  void (*backup_prepare)(int device, const size_t *sizes, size_t n);
   /* Copies a mapped range into a backup and back; both may run
    * asynchronously and are complete only once sync() returned 0. */
   int (*copy_out)(int device, const void *va, void *host, size_t size);

@@ -299,6 +299,33 @@ int memsleep_release(const char *const *tags, size_t ntags) {
   return memsleep_release_flags(tags, ntags, 0);
 }
 
+/* Tells each backend that prepares backups ahead which new buffers the
+ * copy loop below will ask it for, in order; *out lists those told. */
+static void ms__backups_prepare(const ms__plan_t *p, ms__syncset_t *out) {
+  size_t *sizes = malloc((p->nallocs ? p->nallocs : 1) * sizeof *sizes);
+  if (sizes == NULL)
+    return; /* the backend pins each buffer when asked: slower, not wrong */
+  for (size_t k = 0; k < p->nallocs; k++) {
+    const ms__alloc_t *a = p->allocs[k];
+    if (!(a->flags & MEMSLEEP_BACKUP))
+      break;
+    if (a->be->backup_prepare != NULL)
+      ms__syncset_add(out, a->be, a->device);
+  }
+  for (size_t i = 0; i < out->n; i++) {
+    size_t n = 0;
+    for (size_t k = 0; k < p->nallocs; k++) {
+      const ms__alloc_t *a = p->allocs[k];
+      if (!(a->flags & MEMSLEEP_BACKUP))
+        break;
+      if (a->be == out->be[i] && a->device == out->dev[i] && a->backup == NULL)
+        sizes[n++] = a->size;
+    }
+    out->be[i]->backup_prepare(out->dev[i], sizes, n);
+  }
+  free(sizes);
+}
+
 int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags) {
   if (flags & ~MEMSLEEP_RELEASE_NO_BACKUP)
     return ms__fail(MEMSLEEP_EINVAL,
@@ -314,8 +341,12 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
   }
 
   /* 1. Save every backup: move pages where the backend can, copy otherwise.
-   *    With MEMSLEEP_RELEASE_NO_BACKUP there is nothing to save. */
+   *    With MEMSLEEP_RELEASE_NO_BACKUP there is nothing to save. Backends
+   *    that can are told first which new backup buffers will be needed. */
   ms__syncset_t sync = {.n = 0};
+  ms__syncset_t prepared = {.n = 0};
+  if (!(flags & MEMSLEEP_RELEASE_NO_BACKUP))
+    ms__backups_prepare(&p, &prepared);
   for (size_t k = 0; rc == 0 && !(flags & MEMSLEEP_RELEASE_NO_BACKUP) && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (!(a->flags & MEMSLEEP_BACKUP))
@@ -353,6 +384,8 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
   int rc_sync = ms__syncset_sync(&sync);
   if (rc == 0)
     rc = rc_sync;
+  for (size_t i = 0; i < prepared.n; i++)
+    prepared.be[i]->backup_prepare(prepared.dev[i], NULL, 0);
 
   /* 2. Only now free physical memory, backed-up allocations first - after
    *    the work already queued on the devices, which may still use it. */
