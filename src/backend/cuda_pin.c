@@ -2,8 +2,9 @@
  * cuda_pin.c - prepares pinned backup buffers on background threads (see
  * cuda_pin.h). A job maps one range for all its buffers at once (every
  * mmap would stall the page faults of the other threads), fault workers
- * claim buffers in order and fault each one in whole, two register threads
- * register them with the driver (buffer i on thread i % 2), and a release
+ * claim buffers in order and fault each one in whole, register threads
+ * (MEMSLEEP_CUDA_PIN_REGISTRARS, default 2; buffer i on thread i % n)
+ * register them with the driver, and a release
  * takes them in order, waiting only for the one it needs. Every buffer is
  * a multiple of MS__PIN_ALIGN long and starts on such a boundary, so huge
  * pages can back it and backup_free can munmap it alone.
@@ -18,7 +19,7 @@
 #include <unistd.h>
 
 #define MS__PIN_WORKERS_MAX 16
-#define MS__PIN_REGISTRARS 2
+#define MS__PIN_REGISTRARS_MAX 4
 #define MS__PIN_ALIGN ((size_t)2 << 20)
 
 enum { MS__PIN_PENDING, MS__PIN_FAULTED, MS__PIN_READY, MS__PIN_FAILED, MS__PIN_TAKEN };
@@ -39,8 +40,9 @@ struct ms__pin_job {
   pthread_cond_t cv;
   pthread_t workers[MS__PIN_WORKERS_MAX];
   size_t nworkers;
-  pthread_t registrars[MS__PIN_REGISTRARS];
+  pthread_t registrars[MS__PIN_REGISTRARS_MAX];
   size_t nregistrars;
+  size_t want_registrars; /* buffer i is registered by thread i % want_registrars */
   size_t next_registrar; /* the id the next registrar thread takes */
 };
 
@@ -109,7 +111,7 @@ static void *ms__pin_registrar(void *arg) {
   int entered = ms__cu.CtxPushCurrent(j->ctx) == MS__CU_SUCCESS;
   pthread_mutex_lock(&j->mu);
   size_t id = j->next_registrar++;
-  for (size_t i = id; i < j->n && !j->cancel; i += MS__PIN_REGISTRARS) {
+  for (size_t i = id; i < j->n && !j->cancel; i += j->want_registrars) {
     while (j->state[i] == MS__PIN_PENDING && !j->cancel)
       pthread_cond_wait(&j->cv, &j->mu);
     if (j->cancel || j->state[i] != MS__PIN_FAULTED)
@@ -130,17 +132,19 @@ static void *ms__pin_registrar(void *arg) {
   return NULL;
 }
 
+static long ms__pin_env(const char *name, long fallback, long lo, long hi) {
+  const char *env = getenv(name);
+  if (env == NULL || *env == '\0')
+    return fallback;
+  char *end = NULL;
+  long v = strtol(env, &end, 10);
+  return end != NULL && *end == '\0' && v >= lo && v <= hi ? v : fallback;
+}
+
 static size_t ms__pin_workers_wanted(void) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  long want = cpus > 1 ? cpus - 1 : 1;
-  const char *env = getenv("MEMSLEEP_CUDA_PIN_THREADS");
-  if (env != NULL && *env != '\0') {
-    char *end = NULL;
-    long v = strtol(env, &end, 10);
-    if (end != NULL && *end == '\0' && v >= 1)
-      want = v;
-  }
-  return want > MS__PIN_WORKERS_MAX ? MS__PIN_WORKERS_MAX : (size_t)want;
+  return (size_t)ms__pin_env("MEMSLEEP_CUDA_PIN_THREADS", cpus > 1 ? cpus - 1 : 1, 1,
+                             MS__PIN_WORKERS_MAX);
 }
 
 ms__pin_job_t *ms__pin_start(int device, CUcontext ctx, const size_t *sizes, size_t n) {
@@ -180,11 +184,13 @@ ms__pin_job_t *ms__pin_start(int device, CUcontext ctx, const size_t *sizes, siz
   for (size_t w = 0; w < want; w++)
     if (pthread_create(&j->workers[j->nworkers], NULL, ms__pin_worker, j) == 0)
       j->nworkers++;
-  for (size_t r = 0; j->nworkers > 0 && r < MS__PIN_REGISTRARS; r++)
+  j->want_registrars = (size_t)ms__pin_env("MEMSLEEP_CUDA_PIN_REGISTRARS", 2, 1,
+                                            MS__PIN_REGISTRARS_MAX);
+  for (size_t r = 0; j->nworkers > 0 && r < j->want_registrars; r++)
     if (pthread_create(&j->registrars[j->nregistrars], NULL, ms__pin_registrar, j) == 0)
       j->nregistrars++;
-  if (j->nregistrars < MS__PIN_REGISTRARS) {
-    ms__pin_stop(j); /* each registrar serves every other buffer: need both */
+  if (j->nregistrars < j->want_registrars) {
+    ms__pin_stop(j); /* each registrar serves its share of the buffers: need them all */
     return NULL;
   }
   return j;
