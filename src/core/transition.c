@@ -347,6 +347,15 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
   ms__syncset_t prepared = {.n = 0};
   if (!(flags & MEMSLEEP_RELEASE_NO_BACKUP))
     ms__backups_prepare(&p, &prepared);
+  /* 0. Work the user queued on the devices may still write (or read) this
+   *    memory: let it finish before copying out or unmapping anything. */
+  for (size_t k = 0; k < p.nallocs; k++)
+    ms__syncset_add(&sync, p.allocs[k]->be, p.allocs[k]->device);
+  for (size_t i = 0; rc == 0 && i < sync.n; i++)
+    rc = sync.be[i]->sync(sync.dev[i]);
+  if (rc != 0)
+    ms__fail_append(" (memsleep_release: waiting for the work queued on the device)");
+  sync.n = 0;
   for (size_t k = 0; rc == 0 && !(flags & MEMSLEEP_RELEASE_NO_BACKUP) && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (!(a->flags & MEMSLEEP_BACKUP))
@@ -387,13 +396,7 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
   for (size_t i = 0; i < prepared.n; i++)
     prepared.be[i]->backup_prepare(prepared.dev[i], NULL, 0);
 
-  /* 2. Only now free physical memory, backed-up allocations first - after
-   *    the work already queued on the devices, which may still use it. */
-  for (size_t k = 0; rc == 0 && k < p.nallocs; k++)
-    ms__syncset_add(&sync, p.allocs[k]->be, p.allocs[k]->device);
-  for (size_t i = 0; rc == 0 && i < sync.n; i++)
-    rc = sync.be[i]->sync(sync.dev[i]);
-  sync.n = 0;
+  /* 2. Only now free physical memory, backed-up allocations first. */
   for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (a->state != MS__MAPPED)

@@ -7,6 +7,9 @@ what `nvidia-smi --query-compute-apps` reports for those two PIDs (within
 2 MiB: nvidia-smi rounds to MiB), with and without the child; the gate must
 pass and fail around it; and after both free their tensors the figure must
 drop by what they freed, which a --wait-below started beforehand must see.
+With --lib-dir (where libmemsleep.so is), a process that allocates GPU memory
+through memsleep then releases it: the probe's figure must drop by what was
+released (and match nvidia-smi), and rise again on resume.
 
 Needs: an NVIDIA GPU, nvidia-smi, Python 3 with torch (CUDA), and the
 processes' PIDs visible to NVML (run in the host PID namespace, or a
@@ -67,6 +70,72 @@ def worker(role, mib, device, child_mib):
     if child is not None:
         child.stdin.close()
         child.wait(timeout=60)
+
+
+def memsleep_worker(lib_dir, mib, device):
+    """A process holding mib MiB of memsleep GPU memory (tag "probe"); obeys
+    'release', 'resume' and 'exit' on stdin, answering 'done' or the error."""
+    import ctypes
+
+    lib = ctypes.CDLL(os.path.join(lib_dir, "libmemsleep.so"))
+    lib.memsleep_last_error.restype = ctypes.c_char_p
+    ptr = ctypes.c_void_p()
+    rc = lib.memsleep_alloc(ctypes.byref(ptr), ctypes.c_size_t(mib * MIB), device, b"probe", 1)
+    if rc != 0:
+        print("error", lib.memsleep_last_error().decode(), flush=True)
+        return 1
+    tags = (ctypes.c_char_p * 1)(b"probe")
+    print("ready", os.getpid(), flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd in ("release", "resume"):
+            rc = getattr(lib, "memsleep_" + cmd)(tags, ctypes.c_size_t(1))
+            print("done" if rc == 0 else "error " + lib.memsleep_last_error().decode(),
+                  flush=True)
+        elif cmd == "exit":
+            break
+    return 0
+
+
+def check_memsleep_release(args):
+    """The probe sees a memsleep release give the memory back, and a resume take it."""
+    mib = args.memsleep_mib
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--role", "memsleep",
+         "--mib", str(mib), "--device", str(args.device), "--lib-dir", args.lib_dir],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        if line[:1] != ["ready"]:
+            fail("the memsleep process did not start: %r" % line)
+        pid = int(line[1])
+
+        def step(cmd):
+            proc.stdin.write(cmd + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline().strip()
+            if answer != "done":
+                fail("memsleep %s: %s" % (cmd, answer))
+
+        awake = assert_matches(args, pid, {pid}, "memsleep awake")
+        step("release")
+        asleep = assert_matches(args, pid, {pid}, "memsleep released")
+        step("resume")
+        again = assert_matches(args, pid, {pid}, "memsleep resumed")
+        print("memsleep: %.1f MiB awake, %.1f MiB released, %.1f MiB resumed (%d MiB allocated)"
+              % (awake / MIB, asleep / MIB, again / MIB, mib))
+        if awake - asleep < mib * MIB - TOLERANCE_MIB * MIB:
+            fail("a release of %d MiB dropped the figure by only %.1f MiB"
+                 % (mib, (awake - asleep) / MIB))
+        if abs(again - awake) > TOLERANCE_MIB * MIB:
+            fail("after resume the figure is %.1f MiB, before release %.1f MiB"
+                 % (again / MIB, awake / MIB))
+    finally:
+        if proc.poll() is None:
+            proc.stdin.write("exit\n")
+            proc.stdin.flush()
+            proc.stdin.close()
+            proc.wait(timeout=60)
 
 
 def fail(what):
@@ -137,12 +206,17 @@ def assert_matches(args, pid, pids, label):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--probe", help="the memsleep-probe binary")
-    ap.add_argument("--role", choices=["parent", "child"], help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=["parent", "child", "memsleep"], help=argparse.SUPPRESS)
+    ap.add_argument("--lib-dir", help="directory of libmemsleep.so: also check a memsleep release")
+    ap.add_argument("--memsleep-mib", type=int, default=1024,
+                    help="what the memsleep process allocates")
     ap.add_argument("--mib", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--parent-mib", type=int, default=768, help="what the parent allocates")
     ap.add_argument("--child-mib", type=int, default=512, help="what the child allocates")
     ap.add_argument("--device", type=int, default=0, help="CUDA device both use")
     args = ap.parse_args()
+    if args.role == "memsleep":
+        return memsleep_worker(args.lib_dir, args.mib, args.device)
     if args.role:
         return worker(args.role, args.mib, args.device, args.child_mib)
     if not args.probe:
@@ -214,6 +288,8 @@ def main():
             tree.stdin.flush()
             tree.stdin.close()
             tree.wait(timeout=60)
+    if args.lib_dir:
+        check_memsleep_release(args)
     print("probe_test: all checks passed")
     return 0
 

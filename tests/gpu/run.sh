@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
 # Builds memsleep and runs every GPU test on a machine with an NVIDIA GPU,
 # then prints a table of results last. CI has no GPU: this is run by hand.
-# Needs cmake, a C compiler, Python 3 with torch (CUDA) and nvidia-smi;
-# cmocka is not needed (the CPU unit tests are not rebuilt here). The
-# engine and server need jansson, libmicrohttpd and libcurl headers, which the
-# GPU machine may lack: this build is of the memory core, the probe and
-# memsleep-probe (MEMSLEEP_BUILD_SERVER=OFF).
+# Needs cmake, a C compiler, the CUDA toolkit (headers and libcudart; nvcc is
+# not needed), Python 3 with torch (CUDA) and nvidia-smi; cmocka is not
+# needed (the CPU unit tests are not rebuilt here). The engine and server need
+# jansson, libmicrohttpd and libcurl headers, which the GPU machine may lack:
+# this build is of the memory core, the interposer, the probe, the GPU tests
+# and the benchmarks (MEMSLEEP_BUILD_SERVER=OFF, MEMSLEEP_GPU_TESTS=ON).
 #
-#   tests/gpu/run.sh [BUILD_DIR]      (default: build-gpu)
+#   tests/gpu/run.sh [--bench] [BUILD_DIR]      (default: build-gpu)
+#
+# --bench (or MEMSLEEP_GPU_BENCH=1) also runs the GPU sleep/wake benchmark
+# after the tests. Each entry runs under a time limit of
+# MEMSLEEP_GPU_TEST_TIMEOUT seconds (default 300). Exit codes: 0 pass,
+# 77 skipped (no GPU, too few GPUs, no torch), anything else a failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+bench=${MEMSLEEP_GPU_BENCH:-0}
+if [ "${1:-}" = --bench ]; then
+  bench=1
+  shift
+fi
 build=${1:-build-gpu}
+limit=${MEMSLEEP_GPU_TEST_TIMEOUT:-300}
 jobs=$(nproc 2>/dev/null || echo 4)
 log_dir=${OUT:-$build}
 mkdir -p "$log_dir"
 
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader || true
 if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMEMSLEEP_BUILD_TESTS=OFF \
-     -DMEMSLEEP_BUILD_SERVER=OFF >/dev/null ||
+     -DMEMSLEEP_BUILD_SERVER=OFF -DMEMSLEEP_GPU_TESTS=ON -DMEMSLEEP_BUILD_BENCH=ON \
+     >"$log_dir/gpu-configure.log" 2>&1 ||
    ! cmake --build "$build" -j"$jobs" >"$log_dir/gpu-build.log" 2>&1; then
-  tail -n 40 "$log_dir/gpu-build.log"
+  tail -n 40 "$log_dir/gpu-configure.log" "$log_dir/gpu-build.log" 2>/dev/null
   echo "gpu tests: build failed"
   exit 1
 fi
@@ -29,17 +42,37 @@ run() { # run NAME COMMAND...: records PASS / FAIL / SKIP
   local name=$1
   shift
   echo "== $name"
-  "$@" 2>&1 | tee "$log_dir/$name.log"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$log_dir/$name.log"
   local rc=${PIPESTATUS[0]}
   names+=("$name")
   case $rc in
     0) results+=("PASS") ;;
     77) results+=("SKIP") ;;
+    124 | 137) results+=("FAIL (timed out after ${limit} s)") ;;
     *) results+=("FAIL (exit $rc)") ;;
   esac
 }
 
-run probe_vs_nvidia_smi python3 tests/gpu/probe_test.py --probe "$build/tools/memsleep-probe"
+# The memory core on the CUDA backend, through the public API.
+gpu=$build/tests/gpu
+run cuda_contract "$gpu/test_cuda_contract"
+run cuda_residual "$gpu/test_cuda_residual"
+run cuda_graph_replay "$gpu/test_cuda_graph"
+run cuda_oom_on_resume "$gpu/test_cuda_oom"
+run cuda_multi_device "$gpu/test_cuda_multi"
+# PyTorch with the cudaMalloc interposer preloaded.
+run torch_interposer python3 tests/gpu/test_interposer.py --lib "$build/lib/libmemsleep_preload.so"
+# The Python package: a transformers model in regions, and the same program
+# through the torch_memory_saver compatibility layer, in both hook modes.
+for mode in torch preload; do
+  run torch_model_sleep_$mode python3 tests/gpu/torch_model_sleep.py --lib-dir "$build/lib" \
+    --hook-mode $mode
+  run torch_compat_sleep_$mode python3 tests/gpu/torch_compat_sleep.py --lib-dir "$build/lib" \
+    --hook-mode $mode
+done
+
+run probe_vs_nvidia_smi python3 tests/gpu/probe_test.py --probe "$build/tools/memsleep-probe" \
+  --lib-dir "$build/lib"
 # Logits against Hugging Face transformers: the models and memsleep's logits
 # are made beforehand where the engine is built (hf_compare.py prepare, into
 # .gpu-carry/hf) and travel with the tree; skipped when they are absent.
@@ -47,11 +80,17 @@ if [ -d .gpu-carry/hf ]; then
   run hf_transformers_logits python3 tests/gpu/hf_compare.py check --workdir .gpu-carry/hf
 fi
 
+# The GPU sleep/wake benchmark (its own table says which targets were met).
+if [ "$bench" = 1 ]; then
+  run bench_gpu_sleep_wake "$build/bench/bench_gpu_sleep_wake"
+  run bench_python_sleep_wake python3 bench/python_sleep_wake.py --lib-dir "$build/lib"
+fi
+
 echo
-printf '%-28s %s\n' "gpu test" "result"
+printf '%-30s %s\n' "gpu test" "result"
 failed=0
 for i in "${!names[@]}"; do
-  printf '%-28s %s\n' "${names[$i]}" "${results[$i]}"
+  printf '%-30s %s\n' "${names[$i]}" "${results[$i]}"
   [[ ${results[$i]} == FAIL* ]] && failed=1
 done
 exit $failed
