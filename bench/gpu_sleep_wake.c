@@ -12,7 +12,12 @@
  *     and the ratio to the limit (device to host for release, host to device
  *     for resume);
  *   - release/resume without backup of one 40 GiB allocation, and of 40 GiB
- *     in 20,000 allocations of 2 MiB (a paged KV cache of small blocks).
+ *     in 20,000 allocations of 2 MiB (a paged KV cache of small blocks);
+ *     beside them, the same bytes unmapped and mapped again with raw driver
+ *     calls (one piece, and 1 GiB pieces): the driver scrubs memory it has
+ *     just taken back before handing it out again, so a map right after an
+ *     unmap pays for that whoever calls it. Also a resume after a second of
+ *     idle, when the scrub is done.
  * Every release is checked to have given the memory back (cudaMemGetInfo),
  * every resume without backup to have mapped it (a memset of all of it
  * afterwards), and the backup case's contents after the last resume (every
@@ -23,6 +28,7 @@
  *
  *   bench_gpu_sleep_wake [--gib-backup N] [--gib-nobackup N] [--cycles N] [--device N]
  */
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -130,7 +136,7 @@ typedef struct row {
   int met; /* 1 yes, 0 no, -1 no target */
 } row_t;
 
-static row_t rows[32];
+static row_t rows[40];
 static int nrows;
 
 static void add_row(const char *name, size_t bytes, double seconds, double ratio,
@@ -186,6 +192,51 @@ static double copy_limit(void *dev, void *host, size_t bytes, int d2h, cudaStrea
       best = best_way;
   }
   return best;
+}
+
+/* The driver alone: reserve bytes, then `cycles` times unmap every piece
+ * and map it again at once (cuMemCreate, cuMemMap, cuMemSetAccess per piece
+ * of `piece` bytes, the handle released after mapping as memsleep does).
+ * Medians of the unmap and map times. */
+static void raw_vmm(int device, size_t bytes, size_t piece, int cycles, double *unmap_s,
+                    double *map_s) {
+  CUdeviceptr va = 0;
+  CUmemAllocationProp prop;
+  memset(&prop, 0, sizeof prop);
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  CUmemAccessDesc access;
+  memset(&access, 0, sizeof access);
+  access.location = prop.location;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  if (cuMemAddressReserve(&va, bytes, 0, 0, 0) != CUDA_SUCCESS)
+    fail("raw driver baseline: cuMemAddressReserve failed");
+  double um[16], mp[16];
+  if (cycles > 16)
+    cycles = 16;
+  for (int c = 0; c <= cycles; c++) {
+    double t0 = now_s();
+    for (size_t off = 0; off < bytes; off += piece) {
+      size_t n = bytes - off < piece ? bytes - off : piece;
+      CUmemGenericAllocationHandle h;
+      if (cuMemCreate(&h, n, &prop, 0) != CUDA_SUCCESS || cuMemMap(va + off, n, 0, h, 0) != 0 ||
+          cuMemSetAccess(va + off, n, &access, 1) != CUDA_SUCCESS)
+        fail("raw driver baseline: mapping failed");
+      cuMemRelease(h);
+    }
+    double t1 = now_s();
+    for (size_t off = 0; off < bytes; off += piece)
+      cuMemUnmap(va + off, bytes - off < piece ? bytes - off : piece);
+    double t2 = now_s();
+    if (c > 0) { /* the first map is of scrubbed memory: not a cycle */
+      mp[c - 1] = t1 - t0;
+      um[c - 1] = t2 - t1;
+    }
+  }
+  cuMemAddressFree(va, bytes);
+  *unmap_s = median(um, cycles);
+  *map_s = median(mp, cycles);
 }
 
 /* Release and resume of tag, checking the device gave back at least
@@ -415,7 +466,32 @@ int main(int argc, char **argv) {
     CUDA_OK(cudaDeviceSynchronize());
     printf("  cycle %d: release %.2f ms, resume %.2f ms\n", c + 1, rel[c] * 1e3, res[c] * 1e3);
   }
+  {
+    /* The same resume after a second of idle: the driver's scrub is done. */
+    const char *tags[] = {"bench_kv_one"};
+    MS_OK(memsleep_release(tags, 1));
+    struct timespec idle = {1, 0};
+    nanosleep(&idle, NULL);
+    double t0 = now_s();
+    MS_OK(memsleep_resume(tags, 1));
+    double t1 = now_s();
+    printf("  resume after 1 s idle: %.2f ms\n", (t1 - t0) * 1e3);
+    add_row("no backup, 1 alloc: resume after 1 s idle", one_bytes, t1 - t0, -1, "-", -1);
+  }
   MS_OK(memsleep_free(one));
+  {
+    double um = 0, mp = 0;
+    raw_vmm(device, one_bytes, one_bytes, cycles, &um, &mp);
+    printf("  raw driver, one piece: unmap %.2f ms, map right after %.2f ms\n", um * 1e3,
+           mp * 1e3);
+    add_row("raw driver, 1 piece: unmap (median)", one_bytes, um, -1, "baseline", -1);
+    add_row("raw driver, 1 piece: map (median)", one_bytes, mp, -1, "baseline", -1);
+    raw_vmm(device, one_bytes, GIB, cycles, &um, &mp);
+    printf("  raw driver, 1 GiB pieces: unmap %.2f ms, map right after %.2f ms\n", um * 1e3,
+           mp * 1e3);
+    add_row("raw driver, 1 GiB pieces: unmap (median)", one_bytes, um, -1, "baseline", -1);
+    add_row("raw driver, 1 GiB pieces: map (median)", one_bytes, mp, -1, "baseline", -1);
+  }
   {
     char target[24];
     double mr = median(rel, cycles), ms = median(res, cycles);

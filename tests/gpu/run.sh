@@ -11,7 +11,7 @@
 #   tests/gpu/run.sh [--bench] [BUILD_DIR]      (default: build-gpu)
 #
 # --bench (or MEMSLEEP_GPU_BENCH=1) also runs the GPU sleep/wake benchmark
-# after the tests. Each entry runs under a time limit of
+# after the tests. MEMSLEEP_GPU_ONLY="name ..." runs only the entries named. Each entry runs under a time limit of
 # MEMSLEEP_GPU_TEST_TIMEOUT seconds (default 300). Exit codes: 0 pass,
 # 77 skipped (no GPU, too few GPUs, no torch), anything else a failure.
 set -uo pipefail
@@ -38,9 +38,13 @@ if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMEMSLEEP_BUILD_TESTS=OF
 fi
 
 declare -a names results
+only=${MEMSLEEP_GPU_ONLY:-} # names to run (space-separated); empty: all
 run() { # run NAME COMMAND...: records PASS / FAIL / SKIP
   local name=$1
   shift
+  if [ -n "$only" ] && [[ " $only " != *" $name "* ]]; then
+    return 0
+  fi
   echo "== $name"
   timeout -k 10 "$limit" "$@" 2>&1 | tee "$log_dir/$name.log"
   local rc=${PIPESTATUS[0]}
