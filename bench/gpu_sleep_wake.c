@@ -239,9 +239,15 @@ static void raw_vmm(int device, size_t bytes, size_t piece, int cycles, double *
   *map_s = median(mp, cycles);
 }
 
-/* Release and resume of tag, checking the device gave back at least
- * want_back bytes while asleep and took them again. */
-static void cycle(const char *tag, size_t want_back, double *rel_s, double *res_s) {
+/* The least device memory a release gave back, over every cycle, and what
+ * it was meant to give back: a row of the table says how close. */
+static size_t least_back[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX};
+
+/* Release and resume of tag, checking the device gave back the want_back
+ * bytes while asleep (less `keep` bytes: the device memory the driver needs
+ * to map pinned backups, reported in the table) and took them again. */
+static void cycle(int which, const char *tag, size_t want_back, size_t keep, double *rel_s,
+                  double *res_s) {
   const char *tags[] = {tag};
   size_t before = free_bytes();
   double t0 = now_s();
@@ -252,9 +258,12 @@ static void cycle(const char *tag, size_t want_back, double *rel_s, double *res_
   MS_OK(memsleep_resume(tags, 1));
   double t3 = now_s();
   size_t awake = free_bytes();
-  if (asleep + 2 * MIB < before + want_back) {
+  size_t back = asleep > before ? asleep - before : 0;
+  if (back < least_back[which])
+    least_back[which] = back;
+  if (back + 2 * MIB + keep < want_back) {
     fprintf(stderr, "bench_gpu_sleep_wake: release of %s gave back %.1f MiB, want %.1f MiB\n", tag,
-            ((double)asleep - (double)before) / (double)MIB, (double)want_back / (double)MIB);
+            (double)back / (double)MIB, (double)want_back / (double)MIB);
     fail("a release did not free the device memory");
   }
   if (awake > before + 2 * MIB)
@@ -398,7 +407,7 @@ int main(int argc, char **argv) {
   printf("  %-6s %11s %9s %7s %11s %9s %7s\n", "cycle", "release ms", "GB/s", "ratio", "resume ms",
          "GB/s", "ratio");
   for (int c = 0; c < cycles; c++) {
-    cycle("bench_weights", backup_bytes, &rel[c], &res[c]);
+    cycle(0, "bench_weights", backup_bytes, backup_bytes / 256, &rel[c], &res[c]);
     double g1 = (double)backup_bytes / rel[c] / 1e9, g2 = (double)backup_bytes / res[c] / 1e9;
     printf("  %-6d %11.1f %9.2f %7.2f %11.1f %9.2f %7.2f\n", c + 1, rel[c] * 1e3, g1, g1 / gbs_d2h,
            res[c] * 1e3, g2, g2 / gbs_h2d);
@@ -424,6 +433,12 @@ int main(int argc, char **argv) {
       if (buf[k] != body_byte(i))
         fail("an allocation's body lost its contents after the last resume");
   }
+  printf("  device memory given back by a release: at least %.1f of %.1f MiB (%.3f%%; the rest "
+         "maps the pinned backups for the copies)\n",
+         (double)least_back[0] / (double)MIB, (double)backup_bytes / (double)MIB,
+         100.0 * (double)least_back[0] / (double)backup_bytes);
+  add_row("backup: fraction given back by release", backup_bytes, 0,
+          (double)least_back[0] / (double)backup_bytes, "-", -1);
   printf("  contents after %d cycles: intact (every head and tail, %zu MiB of every body, 4 "
          "allocations whole)\n",
          cycles, window / MIB);
@@ -461,7 +476,7 @@ int main(int argc, char **argv) {
   CUDA_OK(cudaDeviceSynchronize());
   add_row("no backup, 1 alloc: alloc", one_bytes, ta, -1, "-", -1);
   for (int c = 0; c < cycles; c++) {
-    cycle("bench_kv_one", one_bytes, &rel[c], &res[c]);
+    cycle(1, "bench_kv_one", one_bytes, 0, &rel[c], &res[c]);
     CUDA_OK(cudaMemset(one, c + 1, one_bytes)); /* faults if not mapped */
     CUDA_OK(cudaDeviceSynchronize());
     printf("  cycle %d: release %.2f ms, resume %.2f ms\n", c + 1, rel[c] * 1e3, res[c] * 1e3);
@@ -520,7 +535,7 @@ int main(int argc, char **argv) {
          (double)st.reserved_bytes / (double)MIB);
   add_row("no backup, 2 MiB blocks: alloc", nblocks * BLOCK, ta, -1, "-", -1);
   for (int c = 0; c < cycles; c++) {
-    cycle("bench_kv_blocks", nblocks * BLOCK, &rel[c], &res[c]);
+    cycle(2, "bench_kv_blocks", nblocks * BLOCK, 0, &rel[c], &res[c]);
     for (size_t i = 0; i < nblocks; i++) /* faults if not mapped */
       CUDA_OK(cudaMemsetAsync(blocks[i], c + 1, BLOCK, 0));
     CUDA_OK(cudaDeviceSynchronize());
@@ -556,8 +571,8 @@ int main(int argc, char **argv) {
     const row_t *r = &rows[i];
     char ratio[16] = "-", gbs[16] = "-";
     if (r->ratio >= 0)
-      snprintf(ratio, sizeof ratio, "%.2f", r->ratio);
-    if (strstr(r->name, ": alloc") == NULL) /* bytes released or mapped per second */
+      snprintf(ratio, sizeof ratio, "%.3f", r->ratio);
+    if (strstr(r->name, ": alloc") == NULL && r->seconds > 0) /* bytes moved per second */
       snprintf(gbs, sizeof gbs, "%.2f", (double)r->bytes / r->seconds / 1e9);
     printf("%-42s %10.2f %11.2f %9s %7s %-16s %s\n", r->name, (double)r->bytes / (double)GIB,
            r->seconds * 1e3, gbs, ratio, r->target,
