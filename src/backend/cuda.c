@@ -423,6 +423,61 @@ static int ms__cu_sync(int device) {
   return 0;
 }
 
+/* A fence: one event per copy stream of the device. */
+typedef struct ms__cu_fence {
+  int n;
+  CUevent ev[MS__CU_STREAMS_MAX];
+} ms__cu_fence_t;
+
+static int ms__cu_fence_wait(int device, void *token) {
+  ms__cu_fence_t *f = token;
+  ms__cu_dev_t *d = ms__cu_dev(device);
+  int rc = ms__cu_enter(d, device);
+  int entered = rc == 0;
+  for (int i = 0; i < f->n; i++) {
+    if (rc == 0) {
+      CUresult r = ms__cu.EventSynchronize(f->ev[i]);
+      if (r != MS__CU_SUCCESS)
+        rc = ms__cu_fail(r, "cuEventSynchronize(device %d)", device);
+    }
+    ms__cu.EventDestroy(f->ev[i]);
+  }
+  if (entered)
+    ms__cu_leave();
+  free(f);
+  return rc;
+}
+
+static int ms__cu_fence(int device, void **token) {
+  ms__cu_dev_t *d = ms__cu_dev(device);
+  ms__cu_fence_t *f = calloc(1, sizeof *f);
+  if (f == NULL)
+    return ms__fail(MEMSLEEP_ENOMEM, "out of host memory for a copy fence");
+  int rc = ms__cu_enter(d, device);
+  if (rc != 0) {
+    free(f);
+    return rc;
+  }
+  for (int i = 0; rc == 0 && i < d->nstreams; i++) {
+    CUresult r = ms__cu.EventCreate(&f->ev[i], MS__CU_EVENT_DISABLE_TIMING);
+    if (r == MS__CU_SUCCESS) {
+      f->n++;
+      r = ms__cu.EventRecord(f->ev[i], d->streams[i]);
+    }
+    if (r != MS__CU_SUCCESS)
+      rc = ms__cu_fail(r, "cuEventRecord(device %d)", device);
+  }
+  ms__cu_leave();
+  if (rc != 0) {
+    for (int i = 0; i < f->n; i++)
+      ms__cu.EventDestroy(f->ev[i]);
+    free(f);
+    return rc;
+  }
+  *token = f;
+  return 0;
+}
+
 const ms__backend_t ms__cuda_backend = {
     .name = "cuda",
     .init = ms__cu_init,
@@ -439,6 +494,8 @@ const ms__backend_t ms__cuda_backend = {
     .copy_out = ms__cu_copy_out,
     .copy_in = ms__cu_copy_in,
     .sync = ms__cu_sync,
+    .fence = ms__cu_fence,
+    .fence_wait = ms__cu_fence_wait,
     .move_out = NULL,
     .move_in = NULL,
     .keep_backups = 1,

@@ -17,6 +17,7 @@ typedef int CUresult;
 typedef int CUdevice;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
+typedef struct CUevent_st *CUevent;
 typedef unsigned long long CUdeviceptr;
 typedef unsigned long long CUmemGenericAllocationHandle;
 
@@ -56,6 +57,7 @@ enum {
   MS__CU_ACCESS_READWRITE = 3,
   MS__CU_GRANULARITY_MINIMUM = 0,
   MS__CU_STREAM_NON_BLOCKING = 1,
+  MS__CU_EVENT_DISABLE_TIMING = 2,
   MS__CU_HOST_PORTABLE = 1 /* CU_MEMHOSTALLOC_PORTABLE, CU_MEMHOSTREGISTER_PORTABLE */
 };
 
@@ -71,6 +73,10 @@ typedef struct ms__cu_api {
   CUresult (*CtxPopCurrent)(CUcontext *ctx);
   CUresult (*CtxSynchronize)(void);
   CUresult (*StreamCreate)(CUstream *stream, unsigned flags);
+  CUresult (*EventCreate)(CUevent *event, unsigned flags);
+  CUresult (*EventRecord)(CUevent event, CUstream stream);
+  CUresult (*EventSynchronize)(CUevent event);
+  CUresult (*EventDestroy)(CUevent event);
   CUresult (*MemGetInfo)(size_t *free_bytes, size_t *total_bytes);
   CUresult (*MemGetAllocationGranularity)(size_t *gran, const ms__cu_alloc_prop_t *prop,
                                           int option);

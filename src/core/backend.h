@@ -56,8 +56,15 @@ typedef struct ms__backend {
    * asynchronously and are complete only once sync() returned 0. */
   int (*copy_out)(int device, const void *va, void *host, size_t size);
   int (*copy_in)(int device, const void *host, void *va, size_t size);
-  /* Waits for every copy and zero issued so far on device. */
+  /* Waits for every copy and zero issued so far on device, and for the
+   * work the user queued there. */
   int (*sync)(int device);
+  /* Optional (both NULL when not offered): fence() marks the copies issued
+   * so far on device (*token); fence_wait() waits for them and frees the
+   * token (a failing wait frees it too). Lets a release unmap allocations
+   * whose backups are complete while later copies still run. */
+  int (*fence)(int device, void **token);
+  int (*fence_wait)(int device, void *token);
 
   /* Optional (NULL when the backend cannot): hands the physical memory of a
    * mapped range over to a new host backup without copying, leaving the

@@ -9,9 +9,10 @@
  *   3. commit or roll back: on any failure, undo the recorded steps in
  *      reverse, then publish the tags' states and clear busy.
  *
- * Release saves every backup before it frees any physical memory, and frees
- * the memory of backed-up allocations before that of the others, so that a
- * failure loses nothing that a retry needs. If a rollback step itself fails
+ * Release frees the memory of an allocation with a backup only once its
+ * backup is complete (on the CUDA backend while later backups still copy),
+ * and the memory of allocations without one only after every backup is
+ * saved, so that a failure loses nothing that a retry needs. If a rollback step itself fails
  * (two failures in one call), the allocation stays released with its backup
  * intact and its tag is reported asleep: a later resume completes it.
  */
@@ -326,6 +327,83 @@ static void ms__backups_prepare(const ms__plan_t *p, ms__syncset_t *out) {
   free(sizes);
 }
 
+/* Early unmaps: while later backups are still being copied, a release
+ * unmaps backed-up allocations whose copies are complete. Copies are fenced
+ * in batches of about MS__FENCE_BYTES; fencing batch j+1 waits for batch j
+ * and unmaps it. Only when every allocation of the release is on one
+ * backend and device that offers fences (and MEMSLEEP_OVERLAP is not 0).
+ * A failure later is undone like any other: those allocations are mapped
+ * again and restored from their complete backups. */
+#define MS__FENCE_BYTES ((size_t)1 << 30)
+
+typedef struct ms__fencer {
+  const ms__backend_t *be;
+  int dev;
+  int on;
+  void *prev;       /* fence of the batch waiting to be unmapped */
+  size_t prev_from; /* its allocations: [prev_from, prev_to) */
+  size_t prev_to;
+  size_t from; /* first allocation of the batch being filled */
+  size_t bytes;
+} ms__fencer_t;
+
+static void ms__fencer_init(ms__fencer_t *f, const ms__plan_t *p, unsigned flags) {
+  memset(f, 0, sizeof *f);
+  const char *env = getenv("MEMSLEEP_OVERLAP");
+  if ((flags & MEMSLEEP_RELEASE_NO_BACKUP) || p->nallocs == 0 ||
+      (env != NULL && strcmp(env, "0") == 0))
+    return;
+  f->be = p->allocs[0]->be;
+  f->dev = p->allocs[0]->device;
+  f->on = f->be->fence != NULL && f->be->fence_wait != NULL;
+  for (size_t k = 1; f->on && k < p->nallocs; k++)
+    f->on = p->allocs[k]->be == f->be && p->allocs[k]->device == f->dev;
+}
+
+/* Called once allocation k's copy is queued. */
+static int ms__fencer_step(ms__fencer_t *f, ms__plan_t *p, size_t k, size_t bytes) {
+  if (!f->on)
+    return 0;
+  f->bytes += bytes;
+  if (f->bytes < MS__FENCE_BYTES)
+    return 0;
+  void *token = NULL;
+  int rc = f->be->fence(f->dev, &token);
+  if (rc != 0)
+    return rc;
+  if (f->prev != NULL) {
+    void *wait = f->prev;
+    f->prev = NULL;
+    rc = f->be->fence_wait(f->dev, wait);
+    for (size_t i = f->prev_from; rc == 0 && i < f->prev_to; i++) {
+      ms__alloc_t *a = p->allocs[i];
+      if (a->state != MS__MAPPED || !(a->did & MS__DID_COPY_OUT))
+        continue;
+      rc = ms__op_unmap(a->be, a->device, a->va, a->reserved);
+      if (rc == 0) {
+        a->state = MS__RELEASED;
+        a->did |= MS__DID_UNMAP;
+      }
+    }
+  }
+  if (rc != 0) {
+    f->be->fence_wait(f->dev, token);
+    return rc;
+  }
+  f->prev = token;
+  f->prev_from = f->from;
+  f->prev_to = k + 1;
+  f->from = k + 1;
+  f->bytes = 0;
+  return 0;
+}
+
+static void ms__fencer_end(ms__fencer_t *f) {
+  if (f->prev != NULL)
+    f->be->fence_wait(f->dev, f->prev);
+  f->prev = NULL;
+}
+
 int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags) {
   if (flags & ~MEMSLEEP_RELEASE_NO_BACKUP)
     return ms__fail(MEMSLEEP_EINVAL,
@@ -340,15 +418,14 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
     return rc;
   }
 
-  /* 1. Save every backup: move pages where the backend can, copy otherwise.
-   *    With MEMSLEEP_RELEASE_NO_BACKUP there is nothing to save. Backends
-   *    that can are told first which new backup buffers will be needed. */
+  /* 1. Work the user queued on the devices may still write (or read) this
+   *    memory: let it finish before copying out or unmapping anything.
+   *    Backends that can are told meanwhile which new backup buffers the
+   *    copies will need. */
   ms__syncset_t sync = {.n = 0};
   ms__syncset_t prepared = {.n = 0};
   if (!(flags & MEMSLEEP_RELEASE_NO_BACKUP))
     ms__backups_prepare(&p, &prepared);
-  /* 0. Work the user queued on the devices may still write (or read) this
-   *    memory: let it finish before copying out or unmapping anything. */
   for (size_t k = 0; k < p.nallocs; k++)
     ms__syncset_add(&sync, p.allocs[k]->be, p.allocs[k]->device);
   for (size_t i = 0; rc == 0 && i < sync.n; i++)
@@ -356,6 +433,12 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
   if (rc != 0)
     ms__fail_append(" (memsleep_release: waiting for the work queued on the device)");
   sync.n = 0;
+
+  /* 2. Save every backup: move pages where the backend can, copy otherwise
+   *    (unmapping the ones already saved while the rest copy, see above).
+   *    With MEMSLEEP_RELEASE_NO_BACKUP there is nothing to save. */
+  ms__fencer_t fencer;
+  ms__fencer_init(&fencer, &p, flags);
   for (size_t k = 0; rc == 0 && !(flags & MEMSLEEP_RELEASE_NO_BACKUP) && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (!(a->flags & MEMSLEEP_BACKUP))
@@ -388,15 +471,18 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
     if (rc == 0) {
       a->backup_valid = 1;
       a->did |= MS__DID_COPY_OUT;
+      rc = ms__fencer_step(&fencer, &p, k, a->size);
     }
   }
+  ms__fencer_end(&fencer);
   int rc_sync = ms__syncset_sync(&sync);
   if (rc == 0)
     rc = rc_sync;
   for (size_t i = 0; i < prepared.n; i++)
     prepared.be[i]->backup_prepare(prepared.dev[i], NULL, 0);
 
-  /* 2. Only now free physical memory, backed-up allocations first. */
+  /* 3. Free the rest: backed-up allocations first, then the others - only
+   *    now, so that a failure before here loses no contents at all. */
   for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
     if (a->state != MS__MAPPED)
@@ -460,31 +546,30 @@ int memsleep_resume(const char *const *tags, size_t ntags) {
     return rc;
   }
 
-  /* 1. Physical memory for everything first: if the device is full, we
-   *    find out before copying a byte. */
+  /* Physical memory back, and each allocation's contents queued behind
+   * its mapping at once, so the copies run while later allocations are
+   * being mapped. If the device turns out to be full part-way, the copies
+   * made so far were wasted, nothing else: the backups stay intact. */
+  ms__syncset_t sync = {.n = 0};
   for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
     ms__alloc_t *a = p.allocs[k];
-    if (a->state != MS__RELEASED)
-      continue; /* left mapped by an earlier failed call */
-    if (a->backup_moved) {
+    if (a->state == MS__RELEASED && a->backup_moved) {
       rc = ms__op_move_in(a->be, a->device, a->backup, a->va, a->reserved);
       if (rc == 0) {
         a->did |= MS__DID_MOVE_IN;
         a->state = MS__MAPPED;
       }
-      continue;
+    } else if (a->state == MS__RELEASED) {
+      rc = ms__op_map(a->be, a->device, a->va, a->reserved);
+      if (rc == 0) {
+        a->did |= MS__DID_MAP;
+        a->state = MS__STALE;
+      }
     }
-    rc = ms__op_map(a->be, a->device, a->va, a->reserved);
-    if (rc == 0) {
-      a->did |= MS__DID_MAP;
-      a->state = MS__STALE;
-    }
+    if (rc == 0 && a->state == MS__STALE) /* also one left stale by an earlier failure */
+      rc = ms__restore_contents(a, &sync);
   }
-  /* 2. Contents back, then wait for the copies. */
-  ms__syncset_t sync = {.n = 0};
-  for (size_t k = 0; rc == 0 && k < p.nallocs; k++)
-    if (p.allocs[k]->state == MS__STALE)
-      rc = ms__restore_contents(p.allocs[k], &sync);
+  /* Then wait for the copies (before any rollback unmaps their targets). */
   int rc_sync = ms__syncset_sync(&sync);
   if (rc == 0)
     rc = rc_sync;
