@@ -126,7 +126,9 @@ def main():
             subprocess.run([mkmodel, "--out", model, "--layers", "8", "--hidden", "512",
                             "--heads", "8", "--kv-heads", "4", "--intermediate", "1408"],
                            check=True, stdout=subprocess.DEVNULL)
-            proc = subprocess.Popen([serve, "--model", model, "--port", "0", "--max-batch", "8"],
+            # The next checkpoints are written beside the first: allow loading them.
+            proc = subprocess.Popen([serve, "--model", model, "--port", "0", "--max-batch", "8",
+                                     "--allowed-model-dir", tmp],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             m = re.search(r"listening on (http://\S+)", proc.stdout.readline())
             if not m:

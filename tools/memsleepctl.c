@@ -6,7 +6,11 @@
  * cache, and drive the sleep/wake control plane (release, resume,
  * is-sleeping, pause, continue, update-weights, sleep, wake-up; see
  * docs/control-plane.md). Errors from the server are printed as the server
- * wrote them ({"error": ...}).
+ * wrote them ({"error": ...}). Keys come from the environment only
+ * (MEMSLEEP_API_KEY, MEMSLEEP_ADMIN_API_KEY), never the command line, so
+ * that they do not show in ps: the sleep/wake verbs and flush-cache send
+ * the admin key, the others the API key, each falling back on the other
+ * when only one is set (docs/security.md).
  *
  * Exit status: 0 success; 1 the server answered with an error; 2 bad
  * command line; 3 the server could not be reached.
@@ -26,7 +30,11 @@
 static void usage(FILE *f) {
   fprintf(f, "usage: memsleepctl [--url URL] [--timeout S] COMMAND [options]\n"
              "\n"
-             "Talks to a memsleep-serve (default URL http://127.0.0.1:30000, or $MEMSLEEP_URL).\n"
+             "Talks to a memsleep-serve or a memsleep-lb (default URL http://127.0.0.1:30000,\n"
+             "or $MEMSLEEP_URL). Keys come from the environment: $MEMSLEEP_API_KEY is sent\n"
+             "with generate, info, health, metrics and is-sleeping, $MEMSLEEP_ADMIN_API_KEY\n"
+             "with the verbs that change the server's state (each stands in for the other\n"
+             "when only one is set), as \"Authorization: Bearer KEY\".\n"
              "\n"
              "commands:\n"
              "  generate [options] TEXT   generate a continuation of TEXT and print it\n"
@@ -161,8 +169,24 @@ static int server_error(long code, const body_t *b) {
   const char *msg = json_string_value(json_object_get(j, "error"));
   fprintf(stderr, "memsleepctl: the server answered %ld: %s\n", code,
           msg ? msg : (b->s ? b->s : "(no body)"));
+  if (code == 401)
+    fprintf(stderr, "memsleepctl: set MEMSLEEP_API_KEY (generation, info) and "
+                    "MEMSLEEP_ADMIN_API_KEY (sleep/wake verbs) to the server's keys\n");
   json_decref(j);
   return EXIT_SERVER;
+}
+
+/* The key to send with path (body: a POST), from the environment: the
+ * admin key for what changes the server's state, the API key otherwise,
+ * each standing in for the other. NULL when neither is set. */
+static const char *key_for(const char *path, const char *body) {
+  const char *api = getenv("MEMSLEEP_API_KEY"), *admin = getenv("MEMSLEEP_ADMIN_API_KEY");
+  if (api && !*api)
+    api = NULL;
+  if (admin && !*admin)
+    admin = NULL;
+  int changes_state = body && strcmp(path, "/generate") != 0;
+  return changes_state ? (admin ? admin : api) : (api ? api : admin);
 }
 
 /*
@@ -184,11 +208,22 @@ static int request(const char *url, const char *path, const char *body, long tim
   curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout_s);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  const char *key = key_for(path, body);
+  if (key) {
+    size_t n = strlen(key) + 32;
+    char *auth = malloc(n);
+    if (auth) {
+      snprintf(auth, n, "Authorization: Bearer %s", key);
+      h = curl_slist_append(h, auth);
+      free(auth);
+    }
+  }
   if (body) {
     h = curl_slist_append(h, "Content-Type: application/json");
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
   }
+  if (h)
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
   if (st) {
     st->curl = c;
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_stream);

@@ -67,7 +67,8 @@ static void finish(ms__lb_t *lb, call_t *c, CURLcode rc) {
 }
 
 ms__fanout_result_t *ms__fanout(ms__lb_t *lb, const char *method, const char *path_query,
-                                const char *body, size_t body_len, const char *content_type) {
+                                const char *body, size_t body_len, const char *content_type,
+                                const char *authorization) {
   size_t n = lb->pool.n;
   ms__fanout_result_t *r = calloc(n, sizeof *r);
   call_t *c = calloc(n, sizeof *c);
@@ -77,6 +78,15 @@ ms__fanout_result_t *ms__fanout(ms__lb_t *lb, const char *method, const char *pa
   snprintf(ct, sizeof ct, "Content-Type: %s", content_type ? content_type : "application/json");
   hdrs = curl_slist_append(hdrs, ct);
   struct curl_slist *h2 = hdrs ? curl_slist_append(hdrs, "Expect:") : NULL;
+  if (h2 && authorization) {
+    size_t an = strlen(authorization) + 32;
+    char *auth = malloc(an);
+    if (auth)
+      snprintf(auth, an, "Authorization: %s", authorization);
+    hdrs = h2;
+    h2 = auth ? curl_slist_append(hdrs, auth) : NULL;
+    free(auth);
+  }
   if (!r || !c || !m || !h2) {
     free(r);
     free(c);
@@ -158,8 +168,7 @@ void ms__fanout_free(ms__fanout_result_t *r, size_t n) {
   free(r);
 }
 
-/* A JSON string of bytes[0..n) made valid UTF-8. */
-static json_t *text_json(const char *bytes, size_t n) {
+json_t *ms__lb_text_json(const char *bytes, size_t n) {
   size_t len = 0;
   char *s = ms__utf8_sanitize(bytes ? bytes : "", bytes ? n : 0, &len);
   if (!s)
@@ -174,7 +183,7 @@ json_t *ms__fanout_failure_json(const ms__fanout_result_t *r) {
     return NULL;
   if (r->status >= 300 || (r->status > 0 && r->status < 200))
     return json_pack("{s:s,s:I,s:o}", "server", r->server, "status", (json_int_t)r->status,
-                     "detail", text_json(r->body.buf, r->body.len));
+                     "detail", ms__lb_text_json(r->body.buf, r->body.len));
   return json_pack("{s:s,s:s}", "server", r->server, "error",
                    r->error[0] ? r->error : "the worker did not answer");
 }
@@ -185,7 +194,7 @@ json_t *ms__fanout_answer_json(const ms__fanout_result_t *r) {
     if (j)
       return j;
   }
-  return text_json(r->body.buf, r->body.len);
+  return ms__lb_text_json(r->body.buf, r->body.len);
 }
 
 json_t *ms__fanout_reply(const ms__fanout_result_t *r, size_t n, const char *method,
@@ -212,4 +221,34 @@ json_t *ms__fanout_reply(const ms__fanout_result_t *r, size_t n, const char *met
   snprintf(k, sizeof k, "%zu/%zu", failed, n);
   *status = 502;
   return json_pack("{s:s,s:s,s:o}", "error", msg, "failed", k, "failures", failures);
+}
+
+json_t *ms__fanout_is_sleeping(ms__fanout_result_t *r, size_t n, unsigned *status) {
+  json_t *workers = json_array();
+  int any = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!r[i].ok)
+      continue;
+    json_t *a = ms__fanout_answer_json(&r[i]);
+    json_t *s = json_is_object(a) ? json_object_get(a, "is_sleeping") : NULL;
+    if (!json_is_boolean(s)) {
+      /* Not an answer we understand: report it as that worker's failure. */
+      r[i].ok = 0;
+      if (r[i].status < 300)
+        snprintf(r[i].error, sizeof r[i].error,
+                 "the answer (status %ld) has no boolean \"is_sleeping\"", r[i].status);
+      json_decref(a);
+      continue;
+    }
+    any |= json_is_true(s);
+    json_array_append_new(workers, json_pack("{s:s,s:b,s:o}", "server", r[i].server, "is_sleeping",
+                                             json_is_true(s), "answer", a));
+  }
+  json_t *j = ms__fanout_reply(r, n, "GET", "/is_sleeping", status);
+  if (*status != 200) {
+    json_decref(workers);
+    return j;
+  }
+  json_decref(j);
+  return json_pack("{s:b,s:o}", "is_sleeping", any, "workers", workers);
 }

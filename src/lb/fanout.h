@@ -29,12 +29,18 @@ typedef struct ms__fanout_result {
 
 /*
  * Sends method path_query (with body[0..body_len) and content_type when
- * body is not NULL) to every worker of lb and waits for all of them, at
- * most --control-timeout. Returns an array of lb->pool.n results (free with
+ * body is not NULL, and the header "Authorization: authorization" when that
+ * is not NULL) to every worker of lb and waits for all of them, at most
+ * --control-timeout. Returns an array of lb->pool.n results (free with
  * ms__fanout_free), or NULL when out of memory.
  */
 ms__fanout_result_t *ms__fanout(ms__lb_t *lb, const char *method, const char *path_query,
-                                const char *body, size_t body_len, const char *content_type);
+                                const char *body, size_t body_len, const char *content_type,
+                                const char *authorization);
+
+/* A JSON string of bytes[0..n) (NULL: empty) with invalid UTF-8 replaced
+ * by U+FFFD, or NULL when out of memory. */
+json_t *ms__lb_text_json(const char *bytes, size_t n);
 
 /* Frees results of n workers. */
 void ms__fanout_free(ms__fanout_result_t *r, size_t n);
@@ -56,5 +62,14 @@ json_t *ms__fanout_answer_json(const ms__fanout_result_t *r);
  */
 json_t *ms__fanout_reply(const ms__fanout_result_t *r, size_t n, const char *method,
                          const char *path, unsigned *status);
+
+/*
+ * The answer to GET /is_sleeping over n workers: 200 {"is_sleeping": any
+ * worker asleep, "workers": [{"server", "is_sleeping", "answer"}]} when
+ * every worker answered 2xx with a boolean "is_sleeping"; else the 502 of
+ * ms__fanout_reply, a worker whose answer has no such boolean counted as
+ * failed (r is updated to say so). Sets *status.
+ */
+json_t *ms__fanout_is_sleeping(ms__fanout_result_t *r, size_t n, unsigned *status);
 
 #endif /* MEMSLEEP_LB_FANOUT_H */

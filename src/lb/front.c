@@ -14,6 +14,7 @@
 
 #include "lb/fanout.h"
 #include "lb/proxy.h"
+#include "lb/routes.h"
 
 /* One client request: the raw URI (with its query string) and the body. */
 typedef struct req {
@@ -23,35 +24,11 @@ typedef struct req {
   int body_too_large;
   int started; /* the call with the headers has been seen */
   int answered;
+  ms__lb_verdict_t verdict; /* what the head decided (routes.h) */
 } req_t;
 
-typedef enum kind { K_HEALTH, K_PROXY, K_FANOUT, K_IS_SLEEPING, K_INFO } kind_t;
-
-typedef struct route {
-  const char *method;
-  const char *path;
-  kind_t kind;
-} route_t;
-
-static const route_t routes[] = {
-    {"GET", "/health", K_HEALTH},
-    {"POST", "/generate", K_PROXY},
-    {"POST", "/v1/completions", K_PROXY},
-    {"POST", "/release_memory_occupation", K_FANOUT},
-    {"POST", "/resume_memory_occupation", K_FANOUT},
-    {"POST", "/flush_cache", K_FANOUT},
-    {"POST", "/update_weights_from_disk", K_FANOUT},
-    {"POST", "/pause_generation", K_FANOUT},
-    {"POST", "/continue_generation", K_FANOUT},
-    {"POST", "/sleep", K_FANOUT},
-    {"POST", "/wake_up", K_FANOUT},
-    {"GET", "/is_sleeping", K_IS_SLEEPING},
-    {"GET", "/get_server_info", K_INFO},
-    {NULL, NULL, K_HEALTH},
-};
-
 /* Answers status with body (reference taken) and, when allow is set, an
- * Allow header. */
+ * Allow header; a 401 carries WWW-Authenticate. */
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_t *body,
                              const char *allow) {
   char *s = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -66,6 +43,8 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, json_
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
   if (allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+  if (status == MHD_HTTP_UNAUTHORIZED)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result r = MHD_queue_response(conn, status, resp);
   MHD_destroy_response(resp);
   return r;
@@ -82,7 +61,8 @@ enum MHD_Result ms__front_error(struct MHD_Connection *conn, unsigned status, co
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  return ms__front_json(conn, status, json_pack("{s:s}", "error", msg));
+  return ms__front_json(conn, status,
+                        json_pack("{s:o}", "error", ms__lb_text_json(msg, strlen(msg))));
 }
 
 /* GET /health: 200 while some worker is in rotation, else 503 saying so. */
@@ -102,7 +82,11 @@ static enum MHD_Result on_health(ms__lb_t *lb, struct MHD_Connection *conn) {
 static enum MHD_Result on_fanout(ms__lb_t *lb, struct MHD_Connection *conn, const char *method,
                                  const char *path, req_t *rq) {
   const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
-  ms__fanout_result_t *r = ms__fanout(lb, method, rq->uri, rq->body, rq->body_len, ct);
+  char auth[4200];
+  const char *a = ms__lb_worker_auth(
+      lb, MS__ACCESS_ADMIN, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
+      auth, sizeof auth);
+  ms__fanout_result_t *r = ms__fanout(lb, method, rq->uri, rq->body, rq->body_len, ct, a);
   if (!r)
     return ms__front_error(conn, 500, "out of memory starting the fan-out of %s", path);
   unsigned status;
@@ -116,45 +100,28 @@ static enum MHD_Result on_fanout(ms__lb_t *lb, struct MHD_Connection *conn, cons
  * 502 like any fan-out. */
 static enum MHD_Result on_is_sleeping(ms__lb_t *lb, struct MHD_Connection *conn, req_t *rq) {
   size_t n = lb->pool.n;
-  ms__fanout_result_t *r = ms__fanout(lb, "GET", rq->uri, NULL, 0, NULL);
+  char auth[4200];
+  const char *a = ms__lb_worker_auth(
+      lb, MS__ACCESS_API, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), auth,
+      sizeof auth);
+  ms__fanout_result_t *r = ms__fanout(lb, "GET", rq->uri, NULL, 0, NULL, a);
   if (!r)
     return ms__front_error(conn, 500, "out of memory starting the fan-out of /is_sleeping");
-  json_t *workers = json_array();
-  int any = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (!r[i].ok)
-      continue;
-    json_t *a = ms__fanout_answer_json(&r[i]);
-    json_t *s = json_is_object(a) ? json_object_get(a, "is_sleeping") : NULL;
-    if (!json_is_boolean(s)) {
-      /* Not an answer we understand: report it as that worker's failure. */
-      r[i].ok = 0;
-      if (r[i].status < 300)
-        snprintf(r[i].error, sizeof r[i].error,
-                 "the answer (status %ld) has no boolean \"is_sleeping\"", r[i].status);
-      json_decref(a);
-      continue;
-    }
-    any |= json_is_true(s);
-    json_array_append_new(workers, json_pack("{s:s,s:b,s:o}", "server", r[i].server, "is_sleeping",
-                                             json_is_true(s), "answer", a));
-  }
   unsigned status;
-  json_t *j = ms__fanout_reply(r, n, "GET", "/is_sleeping", &status);
+  json_t *j = ms__fanout_is_sleeping(r, n, &status);
   ms__fanout_free(r, n);
-  if (status != 200) {
-    json_decref(workers);
-    return ms__front_json(conn, status, j);
-  }
-  json_decref(j);
-  return ms__front_json(conn, 200, json_pack("{s:b,s:o}", "is_sleeping", any, "workers", workers));
+  return ms__front_json(conn, status, j);
 }
 
 /* GET /get_server_info: the load balancer's settings and, for each
  * worker, its state here and its own /get_server_info (or why not). */
 static enum MHD_Result on_info(ms__lb_t *lb, struct MHD_Connection *conn) {
   size_t n = lb->pool.n;
-  ms__fanout_result_t *r = ms__fanout(lb, "GET", "/get_server_info", NULL, 0, NULL);
+  char auth[4200];
+  const char *a = ms__lb_worker_auth(
+      lb, MS__ACCESS_API, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), auth,
+      sizeof auth);
+  ms__fanout_result_t *r = ms__fanout(lb, "GET", "/get_server_info", NULL, 0, NULL, a);
   if (!r)
     return ms__front_error(conn, 500, "out of memory starting the fan-out of /get_server_info");
   json_t *workers = json_array();
@@ -184,10 +151,24 @@ static enum MHD_Result on_info(ms__lb_t *lb, struct MHD_Connection *conn) {
       "generate_timeout_s", op->generate_timeout_ms / 1000.0, "health_interval_s",
       op->health_interval_ms / 1000.0, "health_timeout_s", op->health_timeout_ms / 1000.0,
       "max_body_bytes", (json_int_t)op->max_body_bytes);
+  /* Whether each key is set, never the key. */
+  if (args) {
+    json_object_set_new(args, "max_connections", json_integer(op->max_connections));
+    json_object_set_new(args, "idle_timeout_s", json_integer(op->idle_timeout_s));
+    json_object_set_new(args, "request_timeout_s", json_integer(op->request_timeout_s));
+    json_object_set_new(args, "api_key", json_boolean(op->keys.api != NULL));
+    json_object_set_new(args, "admin_api_key", json_boolean(op->keys.admin != NULL));
+    json_object_set_new(args, "worker_api_key", json_boolean(op->worker_keys.api != NULL));
+    json_object_set_new(args, "worker_admin_api_key", json_boolean(op->worker_keys.admin != NULL));
+  }
+  json_t *counters =
+      json_pack("{s:I,s:I}", "unauthorized_requests", (json_int_t)atomic_load(&lb->unauthorized),
+                "request_timeouts", (json_int_t)ms__conn_guard_cut_count(lb->guard));
   return ms__front_json(conn, 200,
-                        json_pack("{s:s,s:s,s:o,s:I,s:o}", "server", "memsleep-lb", "version",
-                                  MS__LB_VERSION, "arguments", args, "healthy_workers",
-                                  (json_int_t)ms__pool_healthy(&lb->pool), "workers", workers));
+                        json_pack("{s:s,s:s,s:o,s:o,s:I,s:o}", "server", "memsleep-lb", "version",
+                                  MS__LB_VERSION, "arguments", args, "counters", counters,
+                                  "healthy_workers", (json_int_t)ms__pool_healthy(&lb->pool),
+                                  "workers", workers));
 }
 
 /* Appends an upload chunk to rq's body, or drops it past the cap (the
@@ -229,8 +210,9 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
   return rq;
 }
 
-/* libmicrohttpd's access handler: headers first, then the body in chunks,
- * then a last call (*upload_data_size == 0) that routes the request. */
+/* libmicrohttpd's access handler: headers first (where the request is
+ * judged: routes.h), then the body in chunks (dropped for a refused
+ * request), then a last call (*upload_data_size == 0) that answers. */
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
@@ -242,13 +224,15 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
   if (!rq->started) {
     /* The first call has only the headers; the body (if any) follows. */
     rq->started = 1;
+    ms__lb_judge(&lb->opt.keys, method, url,
+                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), &rq->verdict);
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
     if (cl && strtoull(cl, NULL, 10) > lb->opt.max_body_bytes)
       rq->body_too_large = 1;
     return MHD_YES;
   }
   if (*upload_data_size > 0) {
-    if (body_append(lb, rq, upload_data, *upload_data_size) != 0)
+    if (!rq->verdict.status && body_append(lb, rq, upload_data, *upload_data_size) != 0)
       return MHD_NO;
     *upload_data_size = 0;
     return MHD_YES;
@@ -256,48 +240,40 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
   if (rq->answered)
     return MHD_YES;
   rq->answered = 1;
-  const route_t *r = NULL;
-  char allow[32] = "";
-  for (const route_t *k = routes; k->path; k++) {
-    if (strcmp(k->path, url) != 0)
-      continue;
-    if (strcmp(k->method, method) == 0)
-      r = k;
-    else
-      snprintf(allow, sizeof allow, "%s", k->method);
-  }
+  ms__conn_guard_request_in(conn);
+  const ms__lb_verdict_t *v = &rq->verdict;
+  if (v->status == 401)
+    atomic_fetch_add(&lb->unauthorized, 1);
+  if (v->status)
+    return reply(conn, v->status,
+                 json_pack("{s:o}", "error", ms__lb_text_json(v->msg, strlen(v->msg))),
+                 v->status == 405 ? v->allow : NULL);
   if (rq->body_too_large)
     return ms__front_error(conn, 413,
                            "the request body is larger than %zu bytes (--max-body-bytes of "
                            "memsleep-lb); send less or raise the limit",
                            lb->opt.max_body_bytes);
-  if (!r && allow[0]) {
-    char msg[256];
-    snprintf(msg, sizeof msg, "%s is not allowed on %s; use %s", method, url, allow);
-    return reply(conn, 405, json_pack("{s:s}", "error", msg), allow);
-  }
-  if (!r)
-    return ms__front_error(conn, 404,
-                           "no endpoint %s %s on memsleep-lb; it forwards /generate, "
-                           "/v1/completions and the control endpoints (docs/lb.md)",
-                           method, url);
-  switch (r->kind) {
-  case K_HEALTH:
+  switch (v->route->kind) {
+  case MS__LB_HEALTH:
     return on_health(lb, conn);
-  case K_PROXY: {
+  case MS__LB_PROXY: {
     char *body = rq->body;
     size_t len = rq->body_len;
     rq->body = NULL;
     rq->body_len = rq->body_cap = 0;
+    char auth[4200];
+    const char *a = ms__lb_worker_auth(
+        lb, MS__ACCESS_API, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
+        auth, sizeof auth);
     return ms__proxy_generate(lb, conn, url, body, len,
                               MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type"),
-                              MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"));
+                              a);
   }
-  case K_FANOUT:
+  case MS__LB_FANOUT:
     return on_fanout(lb, conn, method, url, rq);
-  case K_IS_SLEEPING:
+  case MS__LB_IS_SLEEPING:
     return on_is_sleeping(lb, conn, rq);
-  case K_INFO:
+  case MS__LB_INFO:
     return on_info(lb, conn);
   }
   return MHD_NO;
@@ -307,8 +283,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   (void)cls;
-  (void)conn;
   (void)toe;
+  ms__conn_guard_answer_done(conn);
   req_t *rq = *con_cls;
   if (!rq)
     return;
@@ -338,8 +314,9 @@ struct MHD_Daemon *ms__front_start(ms__lb_t *lb, char *err, size_t errlen) {
   struct MHD_Daemon *d = MHD_start_daemon(
       flags, (uint16_t)lb->opt.port, NULL, NULL, on_access, lb, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
       MHD_OPTION_URI_LOG_CALLBACK, on_uri, lb, MHD_OPTION_NOTIFY_COMPLETED, on_completed, lb,
-      MHD_OPTION_CONNECTION_LIMIT, lb->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-      lb->opt.idle_timeout_s, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_CONNECTION, ms__conn_guard_notify, lb->guard, MHD_OPTION_CONNECTION_LIMIT,
+      lb->opt.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, lb->opt.idle_timeout_s,
+      MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!d) {
     snprintf(err, errlen,

@@ -6,8 +6,10 @@
  * control endpoints and the vLLM-style aliases /sleep, /wake_up, with
  * their query strings (fanout.c); GET /is_sleeping (aggregated), GET
  * /get_server_info (each worker's), GET /health (the load balancer's own).
- * Any other path is 404, a known path with the wrong method 405, a body
- * over --max-body-bytes 413; every error is {"error": "..."}.
+ * Any other path is 404, a request without the key its path needs 401
+ * (routes.h), a known path with the wrong method 405, a body over
+ * --max-body-bytes 413; every error is {"error": "..."}. A request must
+ * arrive whole within --request-timeout (common/conn_guard.h).
  */
 #ifndef MEMSLEEP_LB_FRONT_H
 #define MEMSLEEP_LB_FRONT_H

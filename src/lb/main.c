@@ -1,8 +1,9 @@
 /*
  * main.c - memsleep-lb: command line, start-up and clean shutdown.
  *
- * Reads the workers (--worker URL, repeatable, and/or --workers-file),
- * checks their health once, then serves on 127.0.0.1 unless told
+ * Reads the workers (--worker URL, repeatable, and/or --workers-file) and
+ * the keys (its own, the workers'; from options or the environment),
+ * checks the workers' health once, then serves on 127.0.0.1 unless told
  * otherwise and prints "memsleep-lb: listening on http://HOST:PORT (N
  * workers)" as its first line on stdout. SIGINT or SIGTERM stop it: waits
  * on workers give up, connections close, it exits 0. Exit status 1 when
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "common/cli_args.h"
+#include "common/exposure.h"
 #include "lb/front.h"
 #include "lb/lb.h"
 
@@ -36,8 +38,8 @@ static void usage(FILE *f) {
           "\n"
           "  --worker URL             a worker (http://HOST:PORT); repeat for more\n"
           "  --workers-file FILE      workers, one URL a line ('#' starts a comment)\n"
-          "  --host ADDR              address to bind (default 127.0.0.1; 0.0.0.0 exposes\n"
-          "                           the balancer to the network: there is no authentication)\n"
+          "  --host ADDR              address to bind (default 127.0.0.1; another address\n"
+          "                           exposes the balancer to the network: set keys)\n"
           "  --port N                 port (default 30080; 0 picks a free one, printed)\n"
           "  --control-timeout S      total bound of a control fan-out (default 120)\n"
           "  --connect-timeout S      bound of connecting to a worker (default 5)\n"
@@ -46,11 +48,30 @@ static void usage(FILE *f) {
           "  --health-timeout S       bound of one GET /health (default 2)\n"
           "  --max-body-bytes N       largest request body; larger get 413 (default %zu)\n"
           "  --max-connections N      client connections at most (default 1024)\n"
+          "  --idle-timeout S         close a client connection idle this long (default 120)\n"
+          "  --request-timeout S      a client's request must arrive whole within S of the\n"
+          "                           connection opening or of the previous answer on it\n"
+          "                           (default %d)\n"
+          "\n"
+          "keys (docs/security.md; prefer the variables: a command line shows in ps):\n"
+          "  --api-key KEY            clients need \"Authorization: Bearer KEY\" for\n"
+          "                           generation, /is_sleeping and /get_server_info\n"
+          "                           (default: $MEMSLEEP_LB_API_KEY)\n"
+          "  --admin-api-key KEY      clients need this key for the control endpoints\n"
+          "                           (default: $MEMSLEEP_LB_ADMIN_API_KEY; without it they\n"
+          "                           need the API key); it is accepted wherever the API\n"
+          "                           key is. GET /health is always open.\n"
+          "  --worker-api-key KEY     sent to the workers with generation and the read-only\n"
+          "                           fan-outs (default: $MEMSLEEP_WORKER_API_KEY)\n"
+          "  --worker-admin-api-key KEY\n"
+          "                           sent to the workers with the control fan-out (default:\n"
+          "                           $MEMSLEEP_WORKER_ADMIN_API_KEY). Without worker keys, a\n"
+          "                           client's own Authorization header is passed on.\n"
           "  --help                   this text\n"
           "  --version                the version\n"
           "\n"
           "Durations are seconds and may have decimals (0.5). Stop it with SIGINT or SIGTERM.\n",
-          MS__LB_DEFAULT_MAX_BODY_BYTES);
+          MS__LB_DEFAULT_MAX_BODY_BYTES, MS__LB_DEFAULT_REQUEST_TIMEOUT_S);
 }
 
 /* Parses arg as seconds in (0, max_s] for option name into milliseconds;
@@ -81,7 +102,10 @@ int main(int argc, char **argv) {
   o->max_body_bytes = MS__LB_DEFAULT_MAX_BODY_BYTES;
   o->max_connections = 1024;
   o->idle_timeout_s = 120;
+  o->request_timeout_s = MS__LB_DEFAULT_REQUEST_TIMEOUT_S;
+  const char *key_arg[4] = {NULL, NULL, NULL, NULL};
   atomic_init(&lb.stopping, 0);
+  atomic_init(&lb.unauthorized, 0);
   ms__pool_init(&lb.pool);
 
   enum {
@@ -96,22 +120,35 @@ int main(int argc, char **argv) {
     O_HT,
     O_BODY,
     O_CONN,
+    O_IDLE_TO,
+    O_REQ_TO,
+    O_KEY,
+    O_ADMIN_KEY,
+    O_WKEY,
+    O_WADMIN_KEY,
     O_VERSION
   };
-  static const struct option longopts[] = {{"worker", required_argument, NULL, O_WORKER},
-                                           {"workers-file", required_argument, NULL, O_FILE},
-                                           {"host", required_argument, NULL, O_HOST},
-                                           {"port", required_argument, NULL, O_PORT},
-                                           {"control-timeout", required_argument, NULL, O_CTL_TO},
-                                           {"connect-timeout", required_argument, NULL, O_CONN_TO},
-                                           {"generate-timeout", required_argument, NULL, O_GEN_TO},
-                                           {"health-interval", required_argument, NULL, O_HI},
-                                           {"health-timeout", required_argument, NULL, O_HT},
-                                           {"max-body-bytes", required_argument, NULL, O_BODY},
-                                           {"max-connections", required_argument, NULL, O_CONN},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {"version", no_argument, NULL, O_VERSION},
-                                           {NULL, 0, NULL, 0}};
+  static const struct option longopts[] = {
+      {"worker", required_argument, NULL, O_WORKER},
+      {"workers-file", required_argument, NULL, O_FILE},
+      {"host", required_argument, NULL, O_HOST},
+      {"port", required_argument, NULL, O_PORT},
+      {"control-timeout", required_argument, NULL, O_CTL_TO},
+      {"connect-timeout", required_argument, NULL, O_CONN_TO},
+      {"generate-timeout", required_argument, NULL, O_GEN_TO},
+      {"health-interval", required_argument, NULL, O_HI},
+      {"health-timeout", required_argument, NULL, O_HT},
+      {"max-body-bytes", required_argument, NULL, O_BODY},
+      {"max-connections", required_argument, NULL, O_CONN},
+      {"idle-timeout", required_argument, NULL, O_IDLE_TO},
+      {"request-timeout", required_argument, NULL, O_REQ_TO},
+      {"api-key", required_argument, NULL, O_KEY},
+      {"admin-api-key", required_argument, NULL, O_ADMIN_KEY},
+      {"worker-api-key", required_argument, NULL, O_WKEY},
+      {"worker-admin-api-key", required_argument, NULL, O_WADMIN_KEY},
+      {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, O_VERSION},
+      {NULL, 0, NULL, 0}};
   char err[1024];
   int c;
   while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -157,6 +194,19 @@ int main(int argc, char **argv) {
       o->max_connections =
           (unsigned)ms__cli_num("memsleep-lb", "max-connections", optarg, 1, 65536);
       break;
+    case O_IDLE_TO:
+      o->idle_timeout_s = (unsigned)ms__cli_num("memsleep-lb", "idle-timeout", optarg, 1, 86400);
+      break;
+    case O_REQ_TO:
+      o->request_timeout_s =
+          (unsigned)ms__cli_num("memsleep-lb", "request-timeout", optarg, 1, 86400);
+      break;
+    case O_KEY:
+    case O_ADMIN_KEY:
+    case O_WKEY:
+    case O_WADMIN_KEY:
+      key_arg[c - O_KEY] = optarg;
+      break;
     case 'h':
       usage(stdout);
       return 0;
@@ -177,6 +227,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "memsleep-lb: no worker given; use --worker URL or --workers-file FILE\n");
     return 2;
   }
+  o->keys.api = ms__cli_key("memsleep-lb", "api-key", key_arg[0], "MEMSLEEP_LB_API_KEY");
+  o->keys.admin =
+      ms__cli_key("memsleep-lb", "admin-api-key", key_arg[1], "MEMSLEEP_LB_ADMIN_API_KEY");
+  o->worker_keys.api =
+      ms__cli_key("memsleep-lb", "worker-api-key", key_arg[2], "MEMSLEEP_WORKER_API_KEY");
+  o->worker_keys.admin = ms__cli_key("memsleep-lb", "worker-admin-api-key", key_arg[3],
+                                     "MEMSLEEP_WORKER_ADMIN_API_KEY");
   lb.pool.interval_ms = o->health_interval_ms;
   lb.pool.timeout_ms = o->health_timeout_ms;
   lb.pool.connect_timeout_ms =
@@ -195,9 +252,13 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   ms__pool_check_now(&lb.pool);
-  struct MHD_Daemon *d = ms__front_start(&lb, err, sizeof err);
+  lb.guard =
+      ms__conn_guard_create("memsleep-lb", "--request-timeout", o->request_timeout_s * 1000u);
+  struct MHD_Daemon *d = lb.guard ? ms__front_start(&lb, err, sizeof err) : NULL;
   if (!d) {
-    fprintf(stderr, "memsleep-lb: %s\n", err);
+    fprintf(stderr, "memsleep-lb: %s\n",
+            lb.guard ? err : "cannot start the request-timeout watchdog");
+    ms__conn_guard_destroy(lb.guard);
     ms__pool_free(&lb.pool);
     curl_global_cleanup();
     return 1;
@@ -205,10 +266,13 @@ int main(int argc, char **argv) {
   if (ms__pool_start(&lb.pool) != 0) {
     fprintf(stderr, "memsleep-lb: cannot start the health-check thread\n");
     ms__front_stop(d);
+    ms__conn_guard_destroy(lb.guard);
     ms__pool_free(&lb.pool);
     curl_global_cleanup();
     return 1;
   }
+  ms__warn_exposure("memsleep-lb", o->host, o->keys.api != NULL, o->keys.admin != NULL,
+                    "--api-key (or MEMSLEEP_LB_API_KEY)");
   printf("memsleep-lb: listening on http://%s:%d (%zu workers, %zu healthy)\n", o->host, lb.port,
          lb.pool.n, ms__pool_healthy(&lb.pool));
   fflush(stdout);
@@ -218,6 +282,7 @@ int main(int argc, char **argv) {
   fprintf(stderr, "memsleep-lb: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   atomic_store(&lb.stopping, 1);
   ms__front_stop(d);
+  ms__conn_guard_destroy(lb.guard);
   ms__pool_free(&lb.pool);
   curl_global_cleanup();
   return 0;

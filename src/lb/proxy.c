@@ -165,8 +165,14 @@ static int proxy_start(proxy_t *p, const char *path, size_t body_len, const char
   if (!(s = curl_slist_append(p->hdrs, "Expect:")))
     return -1;
   if (authorization) {
-    snprintf(h, sizeof h, "Authorization: %s", authorization);
-    if (!(s = curl_slist_append(p->hdrs, h)))
+    size_t an = strlen(authorization) + 32;
+    char *a = malloc(an);
+    if (!a)
+      return -1;
+    snprintf(a, an, "Authorization: %s", authorization);
+    s = curl_slist_append(p->hdrs, a);
+    free(a);
+    if (!s)
       return -1;
   }
   curl_easy_setopt(p->easy, CURLOPT_HTTPHEADER, p->hdrs);

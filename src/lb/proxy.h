@@ -30,8 +30,9 @@
  * Forwards POST path with body[0..body_len) (taken: freed by the proxy) on
  * conn and queues the answer: the worker's, streamed; 503 {"error"} when
  * no worker is healthy; 502 {"error","server"} when the chosen worker
- * failed before answering. content_type and authorization (either may be
- * NULL) are the client's headers to pass on. Returns what
+ * failed before answering. content_type (may be NULL) is the client's
+ * header to pass on; authorization (may be NULL) is the Authorization
+ * value to send the worker (ms__lb_worker_auth). Returns what
  * MHD_queue_response returned (MHD_NO drops the connection).
  */
 enum MHD_Result ms__proxy_generate(ms__lb_t *lb, struct MHD_Connection *conn, const char *path,

@@ -27,6 +27,8 @@ static enum MHD_Result queue(ms__http_req_t *req, unsigned status, struct MHD_Re
   }
   if (req->allow)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, req->allow);
+  if (req->www_authenticate)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
   enum MHD_Result r = MHD_queue_response(req->conn, status, resp);
   MHD_destroy_response(resp);
   req->answered = 1;
@@ -92,22 +94,46 @@ const char *ms__http_arg(ms__http_req_t *req, const char *key) {
   return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
 }
 
-/* Finds the route for req; sets *path_known when the path exists under
- * some method (for 405) and fills allow with those methods. */
-static const ms__route_t *route_find(const char *method, const char *path, int *path_known,
-                                     char *allow, size_t allow_len) {
-  *path_known = 0;
-  allow[0] = '\0';
+void ms__http_judge(const ms__server_options_t *o, const char *method, const char *path,
+                    const char *authorization, ms__http_verdict_t *v) {
+  static const ms__auth_names_t names = MS__SERVE_AUTH_NAMES;
+  memset(v, 0, sizeof *v);
+  v->endpoint = "other";
+  const ms__route_t *known = NULL;
   for (const ms__route_t *r = ms__routes; r->path; r++) {
     if (strcmp(r->path, path) != 0)
       continue;
-    if (strcmp(r->method, method) == 0)
-      return r;
-    size_t o = strlen(allow);
-    snprintf(allow + o, allow_len - o, "%s%s", *path_known ? ", " : "", r->method);
-    *path_known = 1;
+    known = r;
+    if (strcmp(r->method, method) == 0) {
+      v->route = r;
+      break;
+    }
+    size_t n = strlen(v->allow);
+    snprintf(v->allow + n, sizeof v->allow - n, "%s%s", n ? ", " : "", r->method);
   }
-  return NULL;
+  if (!known) {
+    v->status = MHD_HTTP_NOT_FOUND;
+    snprintf(v->msg, sizeof v->msg,
+             "no endpoint %.64s %.256s; see GET /get_server_info and docs/http-api.md", method,
+             path);
+    return;
+  }
+  v->endpoint = known->path;
+  /* Every row of a path names the same key (routes.c). The key is checked
+   * before the method, so that a caller without it learns nothing more
+   * than that the path exists. */
+  ms__auth_result_t a = ms__auth_check(&o->keys, known->access, authorization);
+  if (a != MS__AUTH_OK) {
+    v->route = NULL;
+    v->status = MHD_HTTP_UNAUTHORIZED;
+    ms__auth_message(a, ms__auth_effective(&o->keys, known->access), &names, v->msg, sizeof v->msg);
+    return;
+  }
+  if (!v->route) {
+    v->status = MHD_HTTP_METHOD_NOT_ALLOWED;
+    snprintf(v->msg, sizeof v->msg, "%.64s is not allowed on %s; use %s", method, known->path,
+             v->allow);
+  }
 }
 
 /* Appends an upload chunk to req's body, or drops it once the body passes
@@ -136,9 +162,10 @@ static int body_append(ms__http_req_t *req, const char *data, size_t n) {
 }
 
 /*
- * libmicrohttpd's access handler: called first with the headers, then with
- * each chunk of the body, then once with *upload_data_size == 0 when the
- * body is complete; only that last call routes the request.
+ * libmicrohttpd's access handler: called first with the headers (where the
+ * request is judged), then with each chunk of the body, then once with
+ * *upload_data_size == 0 when the body is complete; only that last call
+ * answers. The body of a refused request is dropped as it comes.
  */
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
@@ -156,6 +183,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     req->path = url;
     req->endpoint = "other";
     *con_cls = req;
+    ms__http_verdict_t v;
+    ms__http_judge(&srv->opt, method, url,
+                   MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"), &v);
+    req->endpoint = v.endpoint;
+    req->route = v.route;
+    req->refused = v.status;
+    if (v.status) {
+      req->refusal = strdup(v.msg);
+      snprintf(req->allow_buf, sizeof req->allow_buf, "%s", v.allow);
+      if (!req->refusal)
+        return MHD_NO;
+    }
     /* A declared length over the cap is known now; the body is still read
      * (and dropped) so that the client sees the answer, not a reset. */
     const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
@@ -164,41 +203,33 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     return MHD_YES;
   }
   if (*upload_data_size > 0) {
-    if (body_append(req, upload_data, *upload_data_size) != 0)
+    if (!req->refused && body_append(req, upload_data, *upload_data_size) != 0)
       return MHD_NO;
     *upload_data_size = 0;
     return MHD_YES;
   }
   if (req->answered)
     return MHD_YES;
+  ms__conn_guard_request_in(conn);
+  if (req->refused == MHD_HTTP_UNAUTHORIZED) {
+    ms__metrics_count_unauthorized(&srv->metrics);
+    req->www_authenticate = 1;
+  }
+  if (req->refused == MHD_HTTP_METHOD_NOT_ALLOWED)
+    req->allow = req->allow_buf;
+  if (req->refused)
+    return ms__reply_error(req, req->refused, "%s", req->refusal);
   if (!req->body) {
     req->body = calloc(1, 1);
     if (!req->body)
       return MHD_NO;
-  }
-  int path_known;
-  char allow[64];
-  const ms__route_t *r = route_find(method, url, &path_known, allow, sizeof allow);
-  if (r || path_known) {
-    for (const ms__route_t *k = ms__routes; k->path; k++)
-      if (strcmp(k->path, url) == 0)
-        req->endpoint = k->path;
   }
   if (req->body_too_large)
     return ms__reply_error(req, MHD_HTTP_CONTENT_TOO_LARGE,
                            "the request body is larger than %zu bytes (--max-body-bytes); send "
                            "a shorter prompt or raise the limit",
                            srv->opt.max_body_bytes);
-  if (!r && path_known) {
-    req->allow = allow;
-    return ms__reply_error(req, MHD_HTTP_METHOD_NOT_ALLOWED, "%s is not allowed on %s; use %s",
-                           method, url, allow);
-  }
-  if (!r)
-    return ms__reply_error(req, MHD_HTTP_NOT_FOUND,
-                           "no endpoint %s %s; see GET /get_server_info and docs/http-api.md",
-                           method, url);
-  return r->fn(req);
+  return req->route->fn(req);
 }
 
 /* libmicrohttpd's request-completed callback: frees the request. A
@@ -206,12 +237,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   (void)cls;
-  (void)conn;
   (void)toe;
+  ms__conn_guard_answer_done(conn);
   ms__http_req_t *req = *con_cls;
   if (!req)
     return;
   free(req->body);
+  free(req->refusal);
   free(req);
   *con_cls = NULL;
 }
@@ -235,8 +267,9 @@ struct MHD_Daemon *ms__http_start(ms__server_t *srv, char *err, size_t errlen) {
     flags |= MHD_USE_IPv6;
   struct MHD_Daemon *d = MHD_start_daemon(
       flags, (uint16_t)srv->opt.port, NULL, NULL, on_access, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
-      srv->opt.connection_limit, MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.timeout_s, MHD_OPTION_END);
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_NOTIFY_CONNECTION,
+      ms__conn_guard_notify, srv->guard, MHD_OPTION_CONNECTION_LIMIT, srv->opt.connection_limit,
+      MHD_OPTION_CONNECTION_TIMEOUT, srv->opt.timeout_s, MHD_OPTION_END);
   freeaddrinfo(ai);
   if (!d) {
     ms__errf(err, errlen,

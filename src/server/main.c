@@ -4,7 +4,10 @@
  * Loads the model into the engine (a progress line while the weights load),
  * the tokenizer if the model directory has one, and serves the HTTP API
  * (http.c, routes*.c) on 127.0.0.1 unless told otherwise, with the
- * sleep/wake controller (controller.c) unless --disable-memory-saver. SIGINT or
+ * sleep/wake controller (controller.c) unless --disable-memory-saver. The
+ * keys (--api-key, --admin-api-key, or MEMSLEEP_API_KEY and
+ * MEMSLEEP_ADMIN_API_KEY), the directories updates may load from and the
+ * request-read deadline are docs/security.md's access control. SIGINT or
  * SIGTERM stop it cleanly: new requests are refused, running ones are
  * cancelled and answered, connections close, then the engine frees its
  * memory. Exit status: 0 after a clean stop, 1 when start-up failed, 2 for
@@ -23,6 +26,7 @@
 #include <unistd.h>
 
 #include "common/cli_args.h"
+#include "common/exposure.h"
 #include "server/controller.h"
 #include "server/http.h"
 
@@ -39,8 +43,8 @@ static void usage(FILE *f) {
           "/is_sleeping. See docs/http-api.md and docs/control-plane.md.\n"
           "\n"
           "  --model DIR              the model directory (required)\n"
-          "  --host ADDR              address to bind (default 127.0.0.1; 0.0.0.0 exposes\n"
-          "                           the server to the network: there is no authentication)\n"
+          "  --host ADDR              address to bind (default 127.0.0.1; another address\n"
+          "                           exposes the server to the network: set keys)\n"
           "  --port N                 port (default 30000; 0 picks a free one, printed)\n"
           "  --served-model-name S    model name in OpenAI answers (default: DIR)\n"
           "  --threads N              compute threads (default 0: one per core)\n"
@@ -53,13 +57,30 @@ static void usage(FILE *f) {
           "  --max-body-bytes N       largest request body; larger get 413 (default %zu)\n"
           "  --max-connections N      open connections at most (default 1024)\n"
           "  --timeout S              idle connection timeout in seconds (default 120)\n"
+          "  --request-timeout S      a request must arrive whole (headers and body) within\n"
+          "                           S seconds of the connection opening or of the previous\n"
+          "                           answer on it; later, the connection is closed (default %d)\n"
           "  --disable-memory-saver   refuse release/resume_memory_occupation (and /sleep,\n"
           "                           /wake_up) with an error: memory stays resident\n"
+          "\n"
+          "access control (docs/security.md):\n"
+          "  --api-key KEY            generation and the read-only endpoints need\n"
+          "                           \"Authorization: Bearer KEY\" (default: $MEMSLEEP_API_KEY;\n"
+          "                           prefer the variable: a command line shows in ps)\n"
+          "  --admin-api-key KEY      the endpoints that change the server's state (release,\n"
+          "                           resume, pause, continue, flush_cache, update weights,\n"
+          "                           sleep, wake_up) need this key (default:\n"
+          "                           $MEMSLEEP_ADMIN_API_KEY; without it they need the API\n"
+          "                           key). The admin key is accepted wherever the API key is.\n"
+          "                           GET /health is always open.\n"
+          "  --allowed-model-dir DIR  /update_weights_from_disk may load from DIR and the\n"
+          "                           directories under it; repeat for more (default: only\n"
+          "                           the --model directory)\n"
           "  --help                   this text\n"
           "  --version                the version\n"
           "\n"
           "Stop it with SIGINT (Ctrl-C) or SIGTERM.\n",
-          MS__DEFAULT_MAX_BODY_BYTES);
+          MS__DEFAULT_MAX_BODY_BYTES, MS__DEFAULT_REQUEST_TIMEOUT_S);
 }
 
 /* The weight-loading progress line: rewritten in place on a terminal, a
@@ -78,9 +99,21 @@ static void on_progress(size_t done, size_t total, void *user) {
   fflush(stderr);
 }
 
+/* Frees what start-up made of srv (whatever is set) and returns status. */
+static int stop_all(ms__server_t *srv, int status) {
+  ms__engine_destroy(srv->engine);
+  ms__ctl_destroy(srv->ctl);
+  ms__tokenizer_free(srv->tok);
+  ms__conn_guard_destroy(srv->guard);
+  ms__metrics_destroy(&srv->metrics);
+  ms__path_roots_free(&srv->opt.model_roots);
+  return status;
+}
+
 int main(int argc, char **argv) {
   ms__server_t srv;
   memset(&srv, 0, sizeof srv);
+  ms__metrics_init(&srv.metrics);
   ms__server_options_t *o = &srv.opt;
   o->host = "127.0.0.1";
   o->port = 30000;
@@ -90,7 +123,11 @@ int main(int argc, char **argv) {
   o->prefix_cache = 1;
   o->connection_limit = 1024;
   o->timeout_s = 120;
+  o->request_timeout_s = MS__DEFAULT_REQUEST_TIMEOUT_S;
   o->memory_saver = 1;
+  const char *api_key_arg = NULL, *admin_key_arg = NULL;
+  const char *allowed_dirs[64];
+  size_t n_allowed = 0;
 
   enum {
     O_HOST = 256,
@@ -107,26 +144,35 @@ int main(int argc, char **argv) {
     O_CONN,
     O_TIMEOUT,
     O_NOSAVER,
+    O_REQ_TIMEOUT,
+    O_API_KEY,
+    O_ADMIN_KEY,
+    O_ALLOWED_DIR,
     O_VERSION
   };
-  static const struct option longopts[] = {{"model", required_argument, NULL, 'm'},
-                                           {"host", required_argument, NULL, O_HOST},
-                                           {"port", required_argument, NULL, O_PORT},
-                                           {"served-model-name", required_argument, NULL, O_NAME},
-                                           {"threads", required_argument, NULL, O_THREADS},
-                                           {"max-batch", required_argument, NULL, O_BATCH},
-                                           {"max-queue", required_argument, NULL, O_QUEUE},
-                                           {"max-context", required_argument, NULL, O_CTX},
-                                           {"kv-block-tokens", required_argument, NULL, O_KVT},
-                                           {"kv-blocks", required_argument, NULL, O_KVB},
-                                           {"no-prefix-cache", no_argument, NULL, O_NOPREFIX},
-                                           {"max-body-bytes", required_argument, NULL, O_BODY},
-                                           {"max-connections", required_argument, NULL, O_CONN},
-                                           {"timeout", required_argument, NULL, O_TIMEOUT},
-                                           {"disable-memory-saver", no_argument, NULL, O_NOSAVER},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {"version", no_argument, NULL, O_VERSION},
-                                           {NULL, 0, NULL, 0}};
+  static const struct option longopts[] = {
+      {"model", required_argument, NULL, 'm'},
+      {"host", required_argument, NULL, O_HOST},
+      {"port", required_argument, NULL, O_PORT},
+      {"served-model-name", required_argument, NULL, O_NAME},
+      {"threads", required_argument, NULL, O_THREADS},
+      {"max-batch", required_argument, NULL, O_BATCH},
+      {"max-queue", required_argument, NULL, O_QUEUE},
+      {"max-context", required_argument, NULL, O_CTX},
+      {"kv-block-tokens", required_argument, NULL, O_KVT},
+      {"kv-blocks", required_argument, NULL, O_KVB},
+      {"no-prefix-cache", no_argument, NULL, O_NOPREFIX},
+      {"max-body-bytes", required_argument, NULL, O_BODY},
+      {"max-connections", required_argument, NULL, O_CONN},
+      {"timeout", required_argument, NULL, O_TIMEOUT},
+      {"disable-memory-saver", no_argument, NULL, O_NOSAVER},
+      {"request-timeout", required_argument, NULL, O_REQ_TIMEOUT},
+      {"api-key", required_argument, NULL, O_API_KEY},
+      {"admin-api-key", required_argument, NULL, O_ADMIN_KEY},
+      {"allowed-model-dir", required_argument, NULL, O_ALLOWED_DIR},
+      {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, O_VERSION},
+      {NULL, 0, NULL, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
     switch (c) {
@@ -177,6 +223,23 @@ int main(int argc, char **argv) {
     case O_NOSAVER:
       o->memory_saver = 0;
       break;
+    case O_REQ_TIMEOUT:
+      o->request_timeout_s =
+          (unsigned)ms__cli_num("memsleep-serve", "request-timeout", optarg, 1, 86400);
+      break;
+    case O_API_KEY:
+      api_key_arg = optarg;
+      break;
+    case O_ADMIN_KEY:
+      admin_key_arg = optarg;
+      break;
+    case O_ALLOWED_DIR:
+      if (n_allowed == sizeof allowed_dirs / sizeof allowed_dirs[0]) {
+        fprintf(stderr, "memsleep-serve: more than %zu --allowed-model-dir\n", n_allowed);
+        return 2;
+      }
+      allowed_dirs[n_allowed++] = optarg;
+      break;
     case 'h':
       usage(stdout);
       return 0;
@@ -198,6 +261,19 @@ int main(int argc, char **argv) {
   }
   if (!o->served_model_name)
     o->served_model_name = o->model_dir;
+  o->keys.api = ms__cli_key("memsleep-serve", "api-key", api_key_arg, "MEMSLEEP_API_KEY");
+  o->keys.admin =
+      ms__cli_key("memsleep-serve", "admin-api-key", admin_key_arg, "MEMSLEEP_ADMIN_API_KEY");
+  if (o->keys.api && o->keys.admin && strcmp(o->keys.api, o->keys.admin) == 0)
+    fprintf(stderr, "memsleep-serve: warning: the API key and the admin key are the same: every "
+                    "client that may generate may also release memory and load weights\n");
+  char err[PATH_MAX + 128];
+  for (size_t i = 0; i < n_allowed; i++) {
+    if (ms__path_roots_add(&o->model_roots, allowed_dirs[i], err, sizeof err) != 0) {
+      fprintf(stderr, "memsleep-serve: --allowed-model-dir: %s\n", err);
+      return stop_all(&srv, 2);
+    }
+  }
 
   /* One malloc arena and fixed thresholds (rule 13: a release gives
    * cached heap back). malloc_trim(0) returns the free pages inside every
@@ -239,7 +315,13 @@ int main(int argc, char **argv) {
   if (rc != 0) {
     fprintf(stderr, "memsleep-serve: cannot load the model in %s: %s: %s\n", o->model_dir,
             memsleep_strerror(rc), memsleep_last_error());
-    return 1;
+    return stop_all(&srv, 1);
+  }
+  /* Without --allowed-model-dir, updates load only from the model's own
+   * directory (now known to exist). */
+  if (n_allowed == 0 && ms__path_roots_add(&o->model_roots, o->model_dir, err, sizeof err) != 0) {
+    fprintf(stderr, "memsleep-serve: %s\n", err);
+    return stop_all(&srv, 1);
   }
   const ms__model_config_t *cfg = &ms__engine_model(srv.engine)->cfg;
   srv.vocab_size = cfg->vocab_size;
@@ -252,8 +334,7 @@ int main(int argc, char **argv) {
     rc = ms__tokenizer_load(tok_path, &srv.tok);
     if (rc != 0) {
       fprintf(stderr, "memsleep-serve: cannot load %s: %s\n", tok_path, memsleep_last_error());
-      ms__engine_destroy(srv.engine);
-      return 1;
+      return stop_all(&srv, 1);
     }
   } else {
     fprintf(stderr, "memsleep-serve: %s has no tokenizer.json: only input_ids are accepted\n",
@@ -263,22 +344,22 @@ int main(int argc, char **argv) {
   srv.ctl = ms__ctl_create(srv.engine, o->memory_saver, &srv.stopping);
   if (!srv.ctl) {
     fprintf(stderr, "memsleep-serve: out of memory for the sleep/wake controller\n");
-    ms__tokenizer_free(srv.tok);
-    ms__engine_destroy(srv.engine);
-    return 1;
+    return stop_all(&srv, 1);
   }
-  ms__metrics_init(&srv.metrics);
+  srv.guard =
+      ms__conn_guard_create("memsleep-serve", "--request-timeout", o->request_timeout_s * 1000u);
+  if (!srv.guard) {
+    fprintf(stderr, "memsleep-serve: cannot start the request-timeout watchdog\n");
+    return stop_all(&srv, 1);
+  }
   srv.started = time(NULL);
-  char err[512];
   struct MHD_Daemon *d = ms__http_start(&srv, err, sizeof err);
   if (!d) {
     fprintf(stderr, "memsleep-serve: %s\n", err);
-    ms__tokenizer_free(srv.tok);
-    ms__engine_destroy(srv.engine);
-    ms__ctl_destroy(srv.ctl);
-    ms__metrics_destroy(&srv.metrics);
-    return 1;
+    return stop_all(&srv, 1);
   }
+  ms__warn_exposure("memsleep-serve", o->host, o->keys.api != NULL, o->keys.admin != NULL,
+                    "--api-key (or MEMSLEEP_API_KEY)");
   int v6 = strchr(o->host, ':') != NULL;
   printf("memsleep-serve: listening on http://%s%s%s:%d (%s, %d layers, vocab %d, context %d)\n",
          v6 ? "[" : "", o->host, v6 ? "]" : "", srv.port, cfg->arch_name, cfg->num_layers,
@@ -294,10 +375,7 @@ int main(int argc, char **argv) {
    * returns. */
   atomic_store(&srv.stopping, 1);
   ms__http_stop(&srv, d, 10000);
-  ms__engine_destroy(srv.engine);
-  ms__ctl_destroy(srv.ctl);
-  ms__tokenizer_free(srv.tok);
-  ms__metrics_destroy(&srv.metrics);
+  stop_all(&srv, 0);
   fprintf(stderr, "memsleep-serve: stopped\n");
   return 0;
 }

@@ -40,6 +40,19 @@ void ms__metrics_count_disconnect(ms__metrics_t *m) {
   pthread_mutex_unlock(&m->mu);
 }
 
+void ms__metrics_count_unauthorized(ms__metrics_t *m) {
+  pthread_mutex_lock(&m->mu);
+  m->unauthorized++;
+  pthread_mutex_unlock(&m->mu);
+}
+
+uint64_t ms__metrics_unauthorized(ms__metrics_t *m) {
+  pthread_mutex_lock(&m->mu);
+  uint64_t n = m->unauthorized;
+  pthread_mutex_unlock(&m->mu);
+  return n;
+}
+
 size_t ms__metrics_snapshot(ms__metrics_t *m, ms__metric_row_t *out, size_t cap,
                             uint64_t *disconnected) {
   pthread_mutex_lock(&m->mu);

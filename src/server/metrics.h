@@ -25,6 +25,7 @@ typedef struct ms__metrics {
   ms__metric_row_t rows[MS__METRICS_MAX];
   size_t nrows;
   uint64_t streams_disconnected; /* streams whose client went away early */
+  uint64_t unauthorized;         /* requests refused 401: no key or a wrong one */
 } ms__metrics_t;
 
 void ms__metrics_init(ms__metrics_t *m);
@@ -35,6 +36,12 @@ void ms__metrics_destroy(ms__metrics_t *m);
 void ms__metrics_count(ms__metrics_t *m, const char *endpoint, unsigned status);
 
 void ms__metrics_count_disconnect(ms__metrics_t *m);
+
+/* Counts one request refused for want of the right key. */
+void ms__metrics_count_unauthorized(ms__metrics_t *m);
+
+/* Requests refused 401 so far. */
+uint64_t ms__metrics_unauthorized(ms__metrics_t *m);
 
 /* Copies the rows into out (cap rows at most); returns how many. */
 size_t ms__metrics_snapshot(ms__metrics_t *m, ms__metric_row_t *out, size_t cap,

@@ -139,6 +139,19 @@ enum MHD_Result ms__route_server_info(ms__http_req_t *req) {
       o->kv_block_tokens, "kv_blocks", (json_int_t)o->kv_blocks, "max_batch", o->max_batch,
       "max_queue", (json_int_t)o->max_queue, "max_context", srv->max_context, "prefix_cache",
       o->prefix_cache, "max_connections", (int)o->connection_limit, "timeout_s", (int)o->timeout_s);
+  /* Whether each key is set, never the key. */
+  json_t *dirs = json_array();
+  for (size_t i = 0; i < o->model_roots.n; i++)
+    json_array_append_new(dirs,
+                          ms__json_text(o->model_roots.dirs[i], strlen(o->model_roots.dirs[i])));
+  if (args) {
+    json_object_set_new(args, "request_timeout_s", json_integer(o->request_timeout_s));
+    json_object_set_new(args, "api_key", json_boolean(o->keys.api != NULL));
+    json_object_set_new(args, "admin_api_key", json_boolean(o->keys.admin != NULL));
+    json_object_set_new(args, "allowed_model_dirs", dirs);
+  } else {
+    json_decref(dirs);
+  }
   json_t *info = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:I}", "server", "memsleep-serve",
                            "version", MS__SERVER_VERSION, "model", model, "arguments", args,
                            "scheduler", scheduler_json(srv), "memory", memory_json(),
@@ -208,6 +221,12 @@ enum MHD_Result ms__route_metrics(ms__http_req_t *req) {
         rows[i].status, (unsigned long long)rows[i].count);
   metric(&t, "memsleep_client_disconnects_total", "counter",
          "Requests whose client went away before the end (their KV blocks were freed).", gone);
+  metric(&t, "memsleep_http_unauthorized_total", "counter",
+         "Requests refused with 401: no key, or not the key the endpoint needs.",
+         ms__metrics_unauthorized(&srv->metrics));
+  metric(&t, "memsleep_http_request_timeouts_total", "counter",
+         "Connections closed because a request did not arrive whole within --request-timeout.",
+         ms__conn_guard_cut_count(srv->guard));
   metric(&t, "memsleep_requests_total", "counter",
          "Generation requests finished by the engine, any reason.", s.requests_total);
   metric(&t, "memsleep_prompt_tokens_total", "counter", "Prompt tokens processed.",

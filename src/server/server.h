@@ -6,7 +6,8 @@
  * (routes_*.c) reach everything through the ms__server_t they are given.
  * One server per process; its fields are set before the daemon starts and
  * read-only afterwards, except the counters (metrics.c, own lock) and
- * stopping (atomic).
+ * stopping (atomic). The keys and the allowed model directories are
+ * docs/security.md's access control.
  */
 #ifndef MEMSLEEP_SERVER_SERVER_H
 #define MEMSLEEP_SERVER_SERVER_H
@@ -16,6 +17,9 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "common/auth.h"
+#include "common/conn_guard.h"
+#include "common/path_guard.h"
 #include "engine/engine.h"
 #include "engine/tokenizer.h"
 #include "server/metrics.h"
@@ -35,7 +39,10 @@ typedef struct ms__server_options {
   int prefix_cache;              /* --no-prefix-cache clears it */
   unsigned connection_limit;     /* --max-connections */
   unsigned timeout_s;            /* idle connection timeout */
+  unsigned request_timeout_s;    /* --request-timeout: a request must arrive whole within it */
   int memory_saver;              /* --disable-memory-saver clears it: release/resume refused */
+  ms__auth_keys_t keys;          /* --api-key, --admin-api-key (or their variables) */
+  ms__path_roots_t model_roots;  /* --allowed-model-dir (default: the model directory) */
 } ms__server_options_t;
 
 struct ms__ctl;
@@ -43,15 +50,16 @@ struct ms__ctl;
 typedef struct ms__server {
   ms__server_options_t opt;
   ms__engine_t *engine;
-  struct ms__ctl *ctl;    /* the sleep/wake controller (controller.h) */
-  ms__tokenizer_t *tok;   /* NULL: the model has no tokenizer.json */
-  int vocab_size;         /* the model's: valid input ids are [0, vocab_size) */
-  int max_context;        /* prompt + new tokens at most */
-  atomic_int port;        /* the port really bound (set once the daemon runs) */
-  time_t started;         /* when the server started (for uptime and "created") */
-  atomic_int stopping;    /* set on SIGINT/SIGTERM: waits end, new work is refused */
-  atomic_ulong next_rid;  /* request ids handed out */
-  atomic_int active_gens; /* generation requests not yet freed (gen.c) */
+  struct ms__ctl *ctl;     /* the sleep/wake controller (controller.h) */
+  ms__tokenizer_t *tok;    /* NULL: the model has no tokenizer.json */
+  int vocab_size;          /* the model's: valid input ids are [0, vocab_size) */
+  int max_context;         /* prompt + new tokens at most */
+  atomic_int port;         /* the port really bound (set once the daemon runs) */
+  time_t started;          /* when the server started (for uptime and "created") */
+  atomic_int stopping;     /* set on SIGINT/SIGTERM: waits end, new work is refused */
+  atomic_ulong next_rid;   /* request ids handed out */
+  atomic_int active_gens;  /* generation requests not yet freed (gen.c) */
+  ms__conn_guard_t *guard; /* the request-read deadline (NULL in tests without a daemon) */
   ms__metrics_t metrics;
 } ms__server_t;
 
@@ -59,5 +67,11 @@ typedef struct ms__server {
 
 /* Default for --max-body-bytes. */
 #define MS__DEFAULT_MAX_BODY_BYTES ((size_t)8 << 20)
+/* Default for --request-timeout, in seconds. */
+#define MS__DEFAULT_REQUEST_TIMEOUT_S 30
+
+/* How memsleep-serve names its keys in 401 answers. */
+#define MS__SERVE_AUTH_NAMES                                                                       \
+  { "memsleep-serve", "MEMSLEEP_API_KEY", "MEMSLEEP_ADMIN_API_KEY" }
 
 #endif /* MEMSLEEP_SERVER_SERVER_H */

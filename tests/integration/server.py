@@ -1,5 +1,6 @@
 """Helpers for the integration tests: build a model, run memsleep-serve on a
-free loopback port, and talk HTTP to it with the Python standard library.
+free loopback port, and talk HTTP to it with the Python standard library
+(raw bytes too: a slow-loris client, malformed requests).
 
 A ServerProcess starts the real binary with --port 0, reads the port it
 printed, waits for GET /health, and stops it with SIGTERM, checking that it
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -19,12 +21,14 @@ import time
 class ServerProcess:
     """memsleep-serve running in the background on 127.0.0.1."""
 
-    def __init__(self, serve, model_dir, *args, start_timeout_s=120):
+    def __init__(self, serve, model_dir, *args, start_timeout_s=120, env=None):
+        """env: variables to add to the server's environment (keys)."""
         self.log = tempfile.NamedTemporaryFile(prefix="memsleep-serve-", suffix=".log",
                                                delete=False)
         self.proc = subprocess.Popen(
             [serve, "--model", model_dir, "--host", "127.0.0.1", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env=dict(os.environ, **(env or {})))
         self.port = None
         line = [None]
 
@@ -75,9 +79,9 @@ class ServerProcess:
         finally:
             c.close()
 
-    def json(self, method, path, body=None, timeout=120):
+    def json(self, method, path, body=None, timeout=120, headers=None):
         """Like request(), but the body is decoded as strict UTF-8 JSON."""
-        status, headers, data = self.request(method, path, body, timeout=timeout)
+        status, _, data = self.request(method, path, body, headers=headers, timeout=timeout)
         return status, json.loads(data.decode("utf-8"))
 
     def info(self):
@@ -200,3 +204,76 @@ class Background(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class SlowClient(threading.Thread):
+    """A slow-loris client of 127.0.0.1:port: sends head at once, then the
+    bytes of trickle one every every_s seconds, and watches for the server
+    to close the connection. .closed_after: seconds from the connection to
+    the close (None while open or when every byte went out first);
+    .answer: the bytes the server sent."""
+
+    def __init__(self, port, head, trickle, every_s=0.25):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.t0 = time.monotonic()
+        self.head, self.trickle, self.every_s = head, trickle, every_s
+        self.closed_after = None
+        self.answer = b""
+        self.start()
+
+    def run(self):
+        try:
+            self.sock.settimeout(self.every_s)
+            if self.head:
+                self.sock.sendall(self.head)
+            for i in range(len(self.trickle)):
+                self.sock.send(self.trickle[i:i + 1])
+                try:
+                    chunk = self.sock.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                self.answer += chunk
+            else:
+                return
+        except OSError:
+            pass
+        self.closed_after = time.monotonic() - self.t0
+        self.sock.close()
+
+
+def raw_exchange(port, data, timeout_s=10):
+    """Sends raw bytes on a fresh connection; returns (what came back until
+    the server closed or timeout_s passed, whether it closed)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    got = b""
+    closed = False
+    deadline = time.monotonic() + timeout_s
+    try:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            got += chunk
+            if b"\r\n\r\n" in got and not got.startswith(b"HTTP/1.1 100"):
+                head, _, rest = got.partition(b"\r\n\r\n")
+                m = re.search(rb"(?i)content-length: *(\d+)", head)
+                if m and len(rest) >= int(m.group(1)):
+                    break
+    finally:
+        s.close()
+    return got, closed

@@ -829,6 +829,11 @@ class UpdateWeights(ControlCase):
     """/update_weights_from_disk: other weights of the same shapes load in
     place; a wrong model is refused and the old weights stay."""
 
+    def setUp(self):
+        # The other models sit beside the served one: allow their parent
+        # (by default only the served model's own directory is allowed).
+        self.s = ServerProcess(BIN["serve"], MODEL_DIR, *self.ARGS, "--allowed-model-dir", TMP)
+
     def test_update_loads_other_weights_of_the_same_shapes(self):
         other = ServerProcess(BIN["serve"], MODEL_B, "--max-batch", "4")
         try:

@@ -22,13 +22,14 @@ BINARY = bytes(range(256)) * 4096
 class LBProcess:
     """memsleep-lb running in the background on 127.0.0.1."""
 
-    def __init__(self, lb, workers, *args, start_timeout_s=60):
+    def __init__(self, lb, workers, *args, start_timeout_s=60, env=None):
+        """env: variables to add to the balancer's environment (keys)."""
         self.log = tempfile.NamedTemporaryFile(prefix="memsleep-lb-", suffix=".log", delete=False)
         cmd = [lb, "--port", "0"]
         for w in workers:
             cmd += ["--worker", w]
         self.proc = subprocess.Popen(cmd + list(args), stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True)
+                                     text=True, env=dict(os.environ, **(env or {})))
         line = [None]
         t = threading.Thread(target=lambda: line.__setitem__(0, self.proc.stdout.readline()),
                              daemon=True)
@@ -64,9 +65,9 @@ class LBProcess:
         finally:
             c.close()
 
-    def json(self, method, path, body=None, timeout=120):
+    def json(self, method, path, body=None, timeout=120, headers=None):
         """(status, JSON body): the body must be strict UTF-8 JSON."""
-        status, _, data = self.request(method, path, body, timeout=timeout)
+        status, _, data = self.request(method, path, body, headers=headers, timeout=timeout)
         return status, json.loads(data.decode("utf-8"))
 
     def rss_kib(self):
@@ -122,7 +123,8 @@ class FakeWorker:
     cut           /health 200; a control request gets 200 with Content-Length 1000
                   and 10 bytes, then the connection closes; /generate gets two
                   server-sent events of a chunked answer, then the connection closes
-    Every request but /health is recorded in self.requests as (method, path, body).
+    Every request but /health is recorded in self.requests as (method, path, body),
+    and its Authorization header (None when absent) in self.auth as (path, value).
     port: the loopback port to listen on (0: a free one).
     """
 
@@ -130,6 +132,7 @@ class FakeWorker:
         self.mode = mode
         self.sleeping = False
         self.requests = []
+        self.auth = []
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -156,6 +159,12 @@ class FakeWorker:
         with self.lock:
             r, self.requests = self.requests, []
         return r
+
+    def take_auth(self):
+        """The (path, Authorization) pairs recorded so far; forgets them."""
+        with self.lock:
+            a, self.auth = self.auth, []
+        return a
 
     def refuse(self):
         """Stops listening: connections are refused from now on (shutdown
@@ -193,6 +202,7 @@ class FakeWorker:
                     return
                 method, path, _ = line.decode("latin-1").split(" ", 2)
                 n = 0
+                auth = None
                 while True:
                     h = f.readline()
                     if h in (b"\r\n", b"\n", b""):
@@ -200,12 +210,15 @@ class FakeWorker:
                     k, _, v = h.decode("latin-1").partition(":")
                     if k.strip().lower() == "content-length":
                         n = int(v.strip())
+                    if k.strip().lower() == "authorization":
+                        auth = v.strip()
                 body = f.read(n) if n else b""
                 if path == "/health" and self.mode != "hang":
                     self.answer(conn, 200, '{"status":"ok"}')
                     continue
                 with self.lock:
                     self.requests.append((method, path, body))
+                    self.auth.append((path, auth))
                 if not self.handle(conn, method, path):
                     return
         except OSError:
