@@ -54,15 +54,6 @@ typedef struct ms__cu_dev {
 static ms__cu_dev_t ms__cu_devs[MS__CU_DEVICES_MAX];
 static pthread_mutex_t ms__cu_setup = PTHREAD_MUTEX_INITIALIZER;
 
-static long ms__cu_env_long(const char *name, long fallback, long lo, long hi) {
-  const char *s = getenv(name);
-  if (s == NULL || *s == '\0')
-    return fallback;
-  char *end = NULL;
-  long v = strtol(s, &end, 10);
-  return end != NULL && *end == '\0' && v >= lo && v <= hi ? v : fallback;
-}
-
 /* Makes d's primary context current on this thread; ms__cu_leave undoes. */
 static int ms__cu_enter(ms__cu_dev_t *d, int device) {
   CUresult r = ms__cu.CtxPushCurrent(d->ctx);

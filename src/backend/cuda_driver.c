@@ -150,6 +150,15 @@ static void ms__cu_load_once(void) {
   /* The library stays loaded: its functions are in ms__cu. */
 }
 
+long ms__cu_env_long(const char *name, long fallback, long lo, long hi) {
+  const char *s = getenv(name);
+  if (s == NULL || *s == '\0')
+    return fallback;
+  char *end = NULL;
+  long v = strtol(s, &end, 10);
+  return end != NULL && *end == '\0' && v >= lo && v <= hi ? v : fallback;
+}
+
 int ms__cu_load(void) {
   pthread_once(&ms__cu_once, ms__cu_load_once);
   if (ms__cu_rc != 0)

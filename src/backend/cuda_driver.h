@@ -109,6 +109,10 @@ extern ms__cu_api_t ms__cu;
  * the same. */
 int ms__cu_load(void);
 
+/* The integer value of environment variable name if it is one within
+ * [lo, hi], else fallback. */
+long ms__cu_env_long(const char *name, long fallback, long lo, long hi);
+
 /* Sets the last error "<what>: CUDA_ERROR_NAME (code)" and returns the
  * MEMSLEEP_E* code for r (out of memory -> ENOMEM, else EBACKEND). */
 int ms__cu_fail(CUresult r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -132,15 +132,6 @@ static void *ms__pin_registrar(void *arg) {
   return NULL;
 }
 
-static long ms__pin_env(const char *name, long fallback, long lo, long hi) {
-  const char *env = getenv(name);
-  if (env == NULL || *env == '\0')
-    return fallback;
-  char *end = NULL;
-  long v = strtol(env, &end, 10);
-  return end != NULL && *end == '\0' && v >= lo && v <= hi ? v : fallback;
-}
-
 /* Fault workers: 8 by default (fewer when there are fewer CPUs). More
  * contend for the same kernel locks as the registration: on an H100 host
  * with 16 CPUs, 8 workers and 2 registrars pinned 16 GiB in 0.67 s,
@@ -150,7 +141,7 @@ static size_t ms__pin_workers_wanted(void) {
   long dflt = cpus > 1 ? cpus - 1 : 1;
   if (dflt > 8)
     dflt = 8;
-  return (size_t)ms__pin_env("MEMSLEEP_CUDA_PIN_THREADS", dflt, 1, MS__PIN_WORKERS_MAX);
+  return (size_t)ms__cu_env_long("MEMSLEEP_CUDA_PIN_THREADS", dflt, 1, MS__PIN_WORKERS_MAX);
 }
 
 ms__pin_job_t *ms__pin_start(int device, CUcontext ctx, const size_t *sizes, size_t n) {
@@ -190,7 +181,7 @@ ms__pin_job_t *ms__pin_start(int device, CUcontext ctx, const size_t *sizes, siz
   for (size_t w = 0; w < want; w++)
     if (pthread_create(&j->workers[j->nworkers], NULL, ms__pin_worker, j) == 0)
       j->nworkers++;
-  j->want_registrars = (size_t)ms__pin_env("MEMSLEEP_CUDA_PIN_REGISTRARS", 2, 1,
+  j->want_registrars = (size_t)ms__cu_env_long("MEMSLEEP_CUDA_PIN_REGISTRARS", 2, 1,
                                             MS__PIN_REGISTRARS_MAX);
   for (size_t r = 0; j->nworkers > 0 && r < j->want_registrars; r++)
     if (pthread_create(&j->registrars[j->nregistrars], NULL, ms__pin_registrar, j) == 0)

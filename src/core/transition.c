@@ -327,6 +327,23 @@ static void ms__backups_prepare(const ms__plan_t *p, ms__syncset_t *out) {
   free(sizes);
 }
 
+/* Frees the physical memory of allocations [from, to) of a release that
+ * are still mapped and, with copied_only, whose backup copy is queued. */
+static int ms__release_unmap(ms__plan_t *p, size_t from, size_t to, int copied_only) {
+  int rc = 0;
+  for (size_t k = from; rc == 0 && k < to; k++) {
+    ms__alloc_t *a = p->allocs[k];
+    if (a->state != MS__MAPPED || (copied_only && !(a->did & MS__DID_COPY_OUT)))
+      continue;
+    rc = ms__op_unmap(a->be, a->device, a->va, a->reserved);
+    if (rc == 0) {
+      a->state = MS__RELEASED;
+      a->did |= MS__DID_UNMAP;
+    }
+  }
+  return rc;
+}
+
 /* Early unmaps: while later backups are still being copied, a release
  * unmaps backed-up allocations whose copies are complete. Copies are fenced
  * in batches of about MS__FENCE_BYTES; fencing batch j+1 waits for batch j
@@ -375,16 +392,8 @@ static int ms__fencer_step(ms__fencer_t *f, ms__plan_t *p, size_t k, size_t byte
     void *wait = f->prev;
     f->prev = NULL;
     rc = f->be->fence_wait(f->dev, wait);
-    for (size_t i = f->prev_from; rc == 0 && i < f->prev_to; i++) {
-      ms__alloc_t *a = p->allocs[i];
-      if (a->state != MS__MAPPED || !(a->did & MS__DID_COPY_OUT))
-        continue;
-      rc = ms__op_unmap(a->be, a->device, a->va, a->reserved);
-      if (rc == 0) {
-        a->state = MS__RELEASED;
-        a->did |= MS__DID_UNMAP;
-      }
-    }
+    if (rc == 0)
+      rc = ms__release_unmap(p, f->prev_from, f->prev_to, 1);
   }
   if (rc != 0) {
     f->be->fence_wait(f->dev, token);
@@ -483,16 +492,8 @@ int memsleep_release_flags(const char *const *tags, size_t ntags, unsigned flags
 
   /* 3. Free the rest: backed-up allocations first, then the others - only
    *    now, so that a failure before here loses no contents at all. */
-  for (size_t k = 0; rc == 0 && k < p.nallocs; k++) {
-    ms__alloc_t *a = p.allocs[k];
-    if (a->state != MS__MAPPED)
-      continue;
-    rc = ms__op_unmap(a->be, a->device, a->va, a->reserved);
-    if (rc == 0) {
-      a->state = MS__RELEASED;
-      a->did |= MS__DID_UNMAP;
-    }
-  }
+  if (rc == 0)
+    rc = ms__release_unmap(&p, 0, p.nallocs, 0);
 
   if (rc != 0) {
     size_t stuck = ms__release_rollback(&p);
