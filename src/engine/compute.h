@@ -6,8 +6,9 @@
  * arithmetic is done; they hand a backend a batch (for each sequence: its
  * new tokens, their first position, its KV block table and where to put
  * logits) and get logits back. The CPU backend (compute_cpu.c, float32,
- * threads) is the first; a GPU backend later provides the same table of
- * functions and the scheduler does not change.
+ * threads) is the first; the CUDA backend (compute_cuda.c, bf16 weights and
+ * KV cache, cuBLAS) provides the same table of functions and the scheduler
+ * does not change.
  *
  * The KV pool itself (memory in tag "kv_cache") is allocated by the KV
  * cache (kvcache.c) and described to the backend by ms__kv_layout_t; the
@@ -23,15 +24,19 @@
 #include "engine/model.h"
 
 /* Where the KV pool lives and how it is laid out. Keys of layer l, block b,
- * slot s (0 <= s < block_tokens) start at k + ((l * num_blocks + b) *
- * block_tokens + s) * kv_dim; values likewise in v. */
+ * slot s (0 <= s < block_tokens) are element ((l * num_blocks + b) *
+ * block_tokens + s) * kv_dim of k; values likewise in v. Elements are
+ * float32 on the host and bfloat16 on a CUDA device (elem_bytes says
+ * which); a device pool must not be touched by host code. */
 typedef struct ms__kv_layout {
-  float *k;          /* key pool: [layers][num_blocks][block_tokens][kv_dim] */
-  float *v;          /* value pool, same shape */
+  void *k;           /* key pool: [layers][num_blocks][block_tokens][kv_dim] */
+  void *v;           /* value pool, same shape */
   size_t num_blocks; /* blocks in the pool */
   int block_tokens;  /* token slots per block */
   int kv_dim;        /* num_kv_heads * head_dim */
   int num_layers;    /* decoder layers */
+  int elem_bytes;    /* 4: float32, 2: bfloat16 */
+  int device;        /* MEMSLEEP_HOST, or the CUDA ordinal holding the pool */
 } ms__kv_layout_t;
 
 /* One sequence's part of a batch: n_tokens new tokens at positions
@@ -67,5 +72,13 @@ typedef struct ms__compute_ops {
 
 /* The float32 CPU backend. */
 extern const ms__compute_ops_t ms__compute_cpu;
+
+/* The bf16 CUDA backend (compute_cuda.c): defined only in a build with the
+ * CUDA engine (MEMSLEEP_CUDA_ENGINE); use ms__compute_for(). */
+extern const ms__compute_ops_t ms__compute_cuda;
+
+/* The backend for memory on device: ms__compute_cpu for MEMSLEEP_HOST,
+ * ms__compute_cuda for a CUDA ordinal, NULL when this build has none. */
+const ms__compute_ops_t *ms__compute_for(int device);
 
 #endif /* MEMSLEEP_ENGINE_COMPUTE_H */

@@ -284,8 +284,8 @@ static void attn_task(void *arg, size_t begin, size_t end, int tid) {
   int nh = cfg->num_heads, hd = cfg->head_dim, kvd = c->kv.kv_dim, bt = c->kv.block_tokens;
   int group = cfg->num_heads / cfg->num_kv_heads;
   size_t q_dim = (size_t)nh * hd;
-  const float *kbase = c->kv.k + (size_t)j->layer * c->kv.num_blocks * bt * kvd;
-  const float *vbase = c->kv.v + (size_t)j->layer * c->kv.num_blocks * bt * kvd;
+  const float *kbase = (const float *)c->kv.k + (size_t)j->layer * c->kv.num_blocks * bt * kvd;
+  const float *vbase = (const float *)c->kv.v + (size_t)j->layer * c->kv.num_blocks * bt * kvd;
   float *sc = c->scores + (size_t)tid * c->max_context;
   float scale = 1.0f / sqrtf((float)hd);
   for (size_t idx = begin; idx < end; idx++) {
@@ -351,6 +351,12 @@ static int cpu_create(const ms__model_t *m, const ms__kv_layout_t *kv, int threa
                     "max_tokens %d, max_context %d)",
                     cfg->num_heads, cfg->num_kv_heads, cfg->head_dim, kv->kv_dim, max_tokens,
                     max_context);
+  if (m->device != MEMSLEEP_HOST || m->elem_bytes != 4 || kv->device != MEMSLEEP_HOST ||
+      kv->elem_bytes != 4)
+    return ms__fail(MEMSLEEP_EINVAL,
+                    "compute cpu: the weights (device %d) and the KV pool (device %d) must be "
+                    "float32 in host memory",
+                    m->device, kv->device);
   if (threads <= 0) {
     long nc = sysconf(_SC_NPROCESSORS_ONLN);
     threads = nc > 0 ? (int)nc : 1;
@@ -440,7 +446,8 @@ static int cpu_forward(void *ctx, const ms__batch_seq_t *seqs, size_t n) {
                         cfg->vocab_size);
       c->pos[T] = sq->start_pos + i;
       c->seq_of[T] = (int)s;
-      memcpy(c->x + (size_t)T * H, m->embed + (size_t)tok * H, sizeof(float) * (size_t)H);
+      memcpy(c->x + (size_t)T * H, (const float *)m->embed + (size_t)tok * H,
+             sizeof(float) * (size_t)H);
       T++;
     }
   }
@@ -467,8 +474,8 @@ static int cpu_forward(void *ctx, const ms__batch_seq_t *seqs, size_t n) {
                         .ntok = T};
     run_matmul(c, &qkv);
     /* RoPE, then the new keys and values into their slots of the pool. */
-    float *kl = c->kv.k + (size_t)l * c->kv.num_blocks * bt * kvd;
-    float *vl = c->kv.v + (size_t)l * c->kv.num_blocks * bt * kvd;
+    float *kl = (float *)c->kv.k + (size_t)l * c->kv.num_blocks * bt * kvd;
+    float *vl = (float *)c->kv.v + (size_t)l * c->kv.num_blocks * bt * kvd;
     for (int t = 0; t < T; t++) {
       const float *cs = c->rcos + (size_t)t * half, *sn = c->rsin + (size_t)t * half;
       rope(c->q + (size_t)t * qd, cfg->num_heads, hd, cs, sn);

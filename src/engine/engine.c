@@ -32,6 +32,7 @@
 
 #include "core/error.h"
 #include "engine/compute.h"
+#include "engine/device.h"
 #include "engine/engine.h"
 #include "engine/kvcache.h"
 #include "engine/sampler.h"
@@ -444,10 +445,9 @@ static void engine_free(ms__engine_t *e) {
 int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
   if (!opt || !out || !opt->model_dir)
     return ms__fail(MEMSLEEP_EINVAL, "engine: options, model_dir and out are required");
-  if (opt->device != MEMSLEEP_HOST)
-    return ms__fail(MEMSLEEP_EUNAVAIL,
-                    "engine: device %d: only the CPU engine (MEMSLEEP_HOST) exists so far",
-                    opt->device);
+  int rc = ms__device_check(opt->device);
+  if (rc != 0)
+    return rc;
   if (opt->threads < 0 || opt->kv_block_tokens < 0 || opt->max_batch < 0 || opt->max_context < 0)
     return ms__fail(MEMSLEEP_EINVAL,
                     "engine: negative option (threads %d, kv_block_tokens %d, max_batch %d, "
@@ -466,8 +466,8 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
   pthread_condattr_destroy(&ca);
   e->admit_open = 1;
   e->weights_valid = 1;
-  int rc = ms__model_load(opt->model_dir, "weights", MEMSLEEP_BACKUP, MEMSLEEP_HOST, opt->progress,
-                          opt->progress_user, &e->model);
+  rc = ms__model_load(opt->model_dir, "weights", MEMSLEEP_BACKUP, opt->device, opt->progress,
+                      opt->progress_user, &e->model);
   if (rc != 0) {
     engine_free(e);
     return rc;
@@ -491,7 +491,7 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
       ((size_t)e->max_context + (size_t)e->block_tokens - 1) / (size_t)e->block_tokens;
   size_t nblocks = opt->kv_blocks ? opt->kv_blocks : blocks_per_ctx * (size_t)e->max_batch;
   rc = ms__kv_create(&e->kv, cfg->num_layers, cfg->num_kv_heads * cfg->head_dim, e->block_tokens,
-                     nblocks, MEMSLEEP_HOST);
+                     nblocks, opt->device);
   if (rc == 0)
     rc = ms__sampler_init(&e->sampler, e->vocab);
   if (rc == 0)
@@ -508,7 +508,7 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
       rc = ms__fail(MEMSLEEP_ENOMEM, "engine: batch tables for %d requests", e->max_batch);
   }
   if (rc == 0) {
-    e->ops = &ms__compute_cpu;
+    e->ops = ms__compute_for(opt->device);
     rc = e->ops->create(&e->model, &e->kv.layout, opt->threads, e->max_tokens, e->max_context,
                         &e->cctx);
   }
@@ -791,7 +791,7 @@ int ms__engine_kv_zero(ms__engine_t *e) {
   else if (memsleep_is_asleep("kv_cache") == 1)
     rc = ms__fail(MEMSLEEP_ESTATE, "kv_zero: the KV pool (tag \"kv_cache\") is asleep");
   else
-    ms__kv_zero(&e->kv);
+    rc = ms__kv_zero(&e->kv);
   pthread_mutex_unlock(&e->mu);
   return rc;
 }

@@ -79,7 +79,7 @@ typedef struct ms__request_cb {
 
 typedef struct ms__engine_options {
   const char *model_dir;    /* Hugging Face style directory */
-  int device;               /* MEMSLEEP_HOST (CPU engine) */
+  int device;               /* MEMSLEEP_HOST (CPU engine) or a CUDA ordinal (GPU engine) */
   int threads;              /* compute threads (0: one per core) */
   int kv_block_tokens;      /* tokens per KV block (0: 16) */
   size_t kv_blocks;         /* blocks in the pool (0: max_batch full contexts) */

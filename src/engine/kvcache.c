@@ -2,9 +2,10 @@
  * kvcache.c - the paged KV cache's block pool and prefix cache.
  *
  * The pool is two allocations (keys, values) of memsleep tag "kv_cache"
- * with MEMSLEEP_ZERO; the bookkeeping is heap memory (see kvcache.h). The
- * prefix cache is an open-addressing hash table with linear probing and
- * backward-shift deletion (no tombstones), keyed by the chained hash of a
+ * with MEMSLEEP_ZERO, float32 on the host or bfloat16 on a CUDA device;
+ * the bookkeeping is heap memory (see kvcache.h). The prefix cache is an
+ * open-addressing hash table with linear probing and backward-shift
+ * deletion (no tombstones), keyed by the chained hash of a
  * block's prefix; an entry also keeps the hash of the block before it and
  * the block's own tokens, so a hash collision cannot hand out a wrong
  * block.
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "engine/device.h"
 #include "engine/kvcache.h"
 #include "memsleep/memsleep.h"
 
@@ -45,7 +47,14 @@ int ms__kv_create(ms__kv_cache_t *kv, int num_layers, int kv_dim, int block_toke
     return ms__fail(MEMSLEEP_EINVAL,
                     "kv cache: bad shape (layers %d, kv_dim %d, block_tokens %d, blocks %zu)",
                     num_layers, kv_dim, block_tokens, num_blocks);
-  size_t per_block = (size_t)block_tokens * (size_t)kv_dim * sizeof(float);
+  if (device != MEMSLEEP_HOST) {
+    int rc = ms__device_check(device);
+    if (rc != 0)
+      return rc;
+  }
+  /* float32 for the CPU backend, bfloat16 for the CUDA backend. */
+  int elem_bytes = device == MEMSLEEP_HOST ? 4 : 2;
+  size_t per_block = (size_t)block_tokens * (size_t)kv_dim * (size_t)elem_bytes;
   if (num_blocks > SIZE_MAX / 4 / per_block / (size_t)num_layers)
     return ms__fail(MEMSLEEP_EINVAL, "kv cache: %zu blocks of %zu bytes overflow", num_blocks,
                     per_block);
@@ -53,11 +62,12 @@ int ms__kv_create(ms__kv_cache_t *kv, int num_layers, int kv_dim, int block_toke
   kv->layout.block_tokens = block_tokens;
   kv->layout.kv_dim = kv_dim;
   kv->layout.num_layers = num_layers;
+  kv->layout.elem_bytes = elem_bytes;
+  kv->layout.device = device;
   kv->pool_bytes = per_block * num_blocks * (size_t)num_layers;
-  int rc =
-      memsleep_alloc((void **)&kv->layout.k, kv->pool_bytes, device, "kv_cache", MEMSLEEP_ZERO);
+  int rc = memsleep_alloc(&kv->layout.k, kv->pool_bytes, device, "kv_cache", MEMSLEEP_ZERO);
   if (rc == 0)
-    rc = memsleep_alloc((void **)&kv->layout.v, kv->pool_bytes, device, "kv_cache", MEMSLEEP_ZERO);
+    rc = memsleep_alloc(&kv->layout.v, kv->pool_bytes, device, "kv_cache", MEMSLEEP_ZERO);
   if (rc != 0) {
     ms__kv_destroy(kv);
     return rc;
@@ -255,9 +265,11 @@ void ms__kv_prefix_reset(ms__kv_cache_t *kv) {
   kv->n_evictable = 0;
 }
 
-void ms__kv_zero(ms__kv_cache_t *kv) {
+int ms__kv_zero(ms__kv_cache_t *kv) {
+  int rc = 0;
   if (kv->layout.k)
-    memset(kv->layout.k, 0, kv->pool_bytes);
-  if (kv->layout.v)
-    memset(kv->layout.v, 0, kv->pool_bytes);
+    rc = ms__device_zero(kv->layout.device, kv->layout.k, kv->pool_bytes);
+  if (rc == 0 && kv->layout.v)
+    rc = ms__device_zero(kv->layout.device, kv->layout.v, kv->pool_bytes);
+  return rc;
 }

@@ -7,7 +7,8 @@
  * whole pool can be put to sleep. Everything that indexes it - the free
  * list, per-block reference counts, the prefix-cache hash table - is
  * ordinary heap memory and stays valid while the pool sleeps; after a wake
- * ms__kv_zero() repairs the pool before it is used again.
+ * ms__kv_zero() repairs the pool before it is used again. On a CUDA device
+ * the pool is bfloat16 and only the compute backend touches its bytes.
  *
  * A block is held by every sequence whose block table names it and by the
  * prefix cache when it is cached; it returns to the free list when the last
@@ -43,8 +44,9 @@ typedef struct ms__kv_cache {
 } ms__kv_cache_t;
 
 /* Allocates a pool of num_blocks blocks of block_tokens tokens for a model
- * of num_layers layers and kv_dim (num_kv_heads * head_dim) floats per
- * token, in memsleep tag "kv_cache" on device. On failure nothing stays. */
+ * of num_layers layers and kv_dim (num_kv_heads * head_dim) elements per
+ * token, in memsleep tag "kv_cache" on device: float32 on MEMSLEEP_HOST,
+ * bfloat16 on a CUDA ordinal. On failure nothing stays. */
 int ms__kv_create(ms__kv_cache_t *kv, int num_layers, int kv_dim, int block_tokens,
                   size_t num_blocks, int device);
 
@@ -83,7 +85,8 @@ void ms__kv_prefix_insert(ms__kv_cache_t *kv, const int *tokens, const uint32_t 
 void ms__kv_prefix_reset(ms__kv_cache_t *kv);
 
 /* Zeroes the whole pool (after a wake: the pool's contents are undefined or
- * stale; nothing may read them before this). The pool must be awake. */
-void ms__kv_zero(ms__kv_cache_t *kv);
+ * stale; nothing may read them before this), on its device. The pool must
+ * be awake. Returns 0, or the device's error. */
+int ms__kv_zero(ms__kv_cache_t *kv);
 
 #endif /* MEMSLEEP_ENGINE_KVCACHE_H */

@@ -7,7 +7,10 @@
  * model.safetensors or in the shard that model.safetensors.index.json names,
  * and checks that it is there, has the right shape and a dtype we convert.
  * Only then does the read pass allocate (one memsleep allocation per tensor,
- * under the caller's tag and flags) and convert the data to float32. So a
+ * under the caller's tag and flags, on the caller's device) and convert the
+ * data: to float32 in place on the host; for a CUDA device to bfloat16 in a
+ * host staging buffer (as large as the largest tensor) that is then copied
+ * to the tensor's device allocation. So a
  * broken directory is refused before any memory is taken, and a reload
  * (update_weights_from_disk) is refused before a byte of the live weights is
  * overwritten.
@@ -22,6 +25,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "engine/device.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "memsleep/memsleep.h"
@@ -35,7 +39,7 @@ typedef struct want_t {
   char name[NAME_MAX_LEN];
   int ndim;          /* 1 or 2 */
   uint64_t shape[2]; /* [rows][cols], or [len] */
-  float **slot;      /* the model field that points at it */
+  void **slot;       /* the model field that points at it */
   int kind;          /* KIND_* (for the random writer's scale) */
   size_t file;       /* index into plan_t.files */
   const ms__st_tensor_t *t;
@@ -64,7 +68,7 @@ static void plan_free(plan_t *p) {
 
 /* Appends to w[*n] the tensor named fmt (with layer), of shape [rows][cols]
  * (cols 0: a vector of rows), whose pointer lives in *slot. */
-static void add_want(want_t *w, size_t *n, float **slot, int kind, uint64_t rows, uint64_t cols,
+static void add_want(want_t *w, size_t *n, void **slot, int kind, uint64_t rows, uint64_t cols,
                      const char *fmt, int layer) {
   want_t *x = &w[(*n)++];
   snprintf(x->name, sizeof x->name, fmt, layer);
@@ -242,19 +246,51 @@ static void tensor_progress(size_t done_bytes, void *user) {
     pr->fn(pr->done + done_bytes, pr->total, pr->user);
 }
 
-/* The read pass: every want's data into *w->slot. */
-static int plan_read(const plan_t *p, ms__progress_fn fn, void *user) {
+/* Reads w into the host staging buffer as float32, converts it to
+ * bfloat16 in place (front to back: element i's two bytes never overtake
+ * element i's four) and copies it to w's device allocation. */
+static int read_to_device(const plan_t *p, const want_t *w, int device, float *staging,
+                          progress_t *pr) {
+  int rc = ms__st_read_f32(&p->files[w->file], w->t, staging, tensor_progress, pr);
+  if (rc)
+    return rc;
+  size_t n = (size_t)want_numel(w);
+  uint16_t *h = (uint16_t *)(void *)staging;
+  for (size_t j = 0; j < n; j++)
+    h[j] = ms__f32_to_bf16(staging[j]);
+  rc = ms__device_upload(device, *w->slot, h, n * sizeof(uint16_t));
+  if (rc)
+    ms__fail_append(" (tensor \"%s\")", w->name);
+  return rc;
+}
+
+/* The read pass: every want's data into *w->slot, on device. */
+static int plan_read(const plan_t *p, int device, ms__progress_fn fn, void *user) {
   progress_t pr = {fn, user, 0, (size_t)p->total_bytes};
+  float *staging = NULL;
+  if (device != MEMSLEEP_HOST) {
+    size_t most = 1;
+    for (size_t i = 0; i < p->nwants; i++)
+      if ((size_t)want_numel(&p->wants[i]) > most)
+        most = (size_t)want_numel(&p->wants[i]);
+    staging = malloc(most * sizeof(float));
+    if (!staging)
+      return ms__fail(MEMSLEEP_ENOMEM, "no memory for a staging buffer of %zu bytes",
+                      most * sizeof(float));
+  }
   if (fn)
     fn(0, pr.total, user);
-  for (size_t i = 0; i < p->nwants; i++) {
+  int rc = 0;
+  for (size_t i = 0; i < p->nwants && rc == 0; i++) {
     const want_t *w = &p->wants[i];
-    int rc = ms__st_read_f32(&p->files[w->file], w->t, *w->slot, tensor_progress, &pr);
-    if (rc)
-      return rc;
+    if (staging)
+      rc = read_to_device(p, w, device, staging, &pr);
+    else
+      rc = ms__st_read_f32(&p->files[w->file], w->t, *w->slot, tensor_progress, &pr);
     pr.done += (size_t)want_numel(w) * 4;
   }
-  return 0;
+  free(staging);
+  return rc;
 }
 
 /* Frees each allocation the model made, then its tables; zeroes *m. */
@@ -278,18 +314,19 @@ int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
   memset(out, 0, sizeof *out);
   if (!dir || !tag)
     return ms__fail(MEMSLEEP_EINVAL, "ms__model_load: NULL directory or tag");
-  if (device != MEMSLEEP_HOST)
-    return ms__fail(MEMSLEEP_EUNAVAIL,
-                    "%s: loading weights onto device %d is not supported yet (host only)", dir,
-                    device);
+  int rc = ms__device_check(device);
+  if (rc)
+    return rc;
   if (strlen(dir) >= sizeof out->dir || strlen(tag) >= sizeof out->tag)
     return ms__fail(MEMSLEEP_EINVAL, "%s: directory or tag name too long", dir);
   ms__model_config_t cfg;
-  int rc = ms__config_load(dir, &cfg);
+  rc = ms__config_load(dir, &cfg);
   if (rc)
     return rc;
   ms__model_t m;
   memset(&m, 0, sizeof m);
+  m.device = device;
+  m.elem_bytes = device == MEMSLEEP_HOST ? 4 : 2;
   m.layers = calloc((size_t)cfg.num_layers, sizeof *m.layers);
   if (!m.layers)
     return ms__fail(MEMSLEEP_ENOMEM, "%s: no memory for %d layers", dir, cfg.num_layers);
@@ -306,7 +343,7 @@ int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
     goto fail;
   }
   for (size_t i = 0; i < p.nwants; i++) {
-    size_t bytes = (size_t)want_numel(&p.wants[i]) * 4;
+    size_t bytes = (size_t)want_numel(&p.wants[i]) * (size_t)m.elem_bytes;
     void *ptr = NULL;
     rc = memsleep_alloc(&ptr, bytes, device, tag, flags);
     if (rc) {
@@ -320,7 +357,7 @@ int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
   }
   if (m.cfg.tie_word_embeddings)
     m.lm_head = m.embed;
-  rc = plan_read(&p, progress, user);
+  rc = plan_read(&p, device, progress, user);
   if (rc)
     goto fail;
   snprintf(m.dir, sizeof m.dir, "%s", dir);
@@ -383,7 +420,7 @@ int ms__model_reload(ms__model_t *m, const char *dir, ms__progress_fn progress, 
   rc = plan_make(dir, m, &p);
   if (rc)
     return rc;
-  rc = plan_read(&p, progress, user);
+  rc = plan_read(&p, m->device, progress, user);
   plan_free(&p);
   if (rc) {
     ms__fail_append(" (weights of %s partly overwritten: reload again)", m->dir);

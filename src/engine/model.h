@@ -4,10 +4,13 @@
  * Reads a Hugging Face style directory: config.json (LlamaForCausalLM,
  * Qwen2ForCausalLM, MistralForCausalLM) and *.safetensors (one file, or
  * shards listed in model.safetensors.index.json; f32, f16 or bf16 on disk).
- * Weights are converted to float32 and live in memsleep memory under one tag
- * (normally "weights", MEMSLEEP_BACKUP) so that they can be put to sleep;
- * the table of pointers to them (ms__model_t, ms__layer_t) is ordinary heap
- * memory and stays valid while the weights sleep.
+ * Weights live in memsleep memory under one tag (normally "weights",
+ * MEMSLEEP_BACKUP) so that they can be put to sleep: converted to float32 in
+ * host memory for the CPU engine, or to bfloat16 on a CUDA device for the
+ * GPU engine (each tensor read into a host staging buffer, converted and
+ * copied to its device allocation). The table of pointers to them
+ * (ms__model_t, ms__layer_t) is ordinary heap memory and stays valid while
+ * the weights sleep.
  *
  * Errors: functions return 0 or a negative MEMSLEEP_E* code; the message
  * (naming the file and the tensor) is in memsleep_last_error().
@@ -46,29 +49,33 @@ typedef struct ms__model_config {
 } ms__model_config_t;
 
 /* One decoder layer. Matrices are row-major [out_features][in_features], as
- * Hugging Face stores nn.Linear weights: y = W x. */
+ * Hugging Face stores nn.Linear weights: y = W x. Each pointer holds the
+ * model's elem_bytes elements (float32 on the host, bfloat16 on a device);
+ * device addresses must not be dereferenced by host code. */
 typedef struct ms__layer {
-  float *attn_norm;    /* [hidden] input_layernorm */
-  float *wq;           /* [num_heads*head_dim][hidden] */
-  float *wk;           /* [num_kv_heads*head_dim][hidden] */
-  float *wv;           /* [num_kv_heads*head_dim][hidden] */
-  float *bq, *bk, *bv; /* biases when qkv_bias, else NULL */
-  float *wo;           /* [hidden][num_heads*head_dim] */
-  float *ffn_norm;     /* [hidden] post_attention_layernorm */
-  float *w_gate;       /* [intermediate][hidden] */
-  float *w_up;         /* [intermediate][hidden] */
-  float *w_down;       /* [hidden][intermediate] */
+  void *attn_norm;    /* [hidden] input_layernorm */
+  void *wq;           /* [num_heads*head_dim][hidden] */
+  void *wk;           /* [num_kv_heads*head_dim][hidden] */
+  void *wv;           /* [num_kv_heads*head_dim][hidden] */
+  void *bq, *bk, *bv; /* biases when qkv_bias, else NULL */
+  void *wo;           /* [hidden][num_heads*head_dim] */
+  void *ffn_norm;     /* [hidden] post_attention_layernorm */
+  void *w_gate;       /* [intermediate][hidden] */
+  void *w_up;         /* [intermediate][hidden] */
+  void *w_down;       /* [hidden][intermediate] */
 } ms__layer_t;
 
 typedef struct ms__model {
   ms__model_config_t cfg;
-  float *embed;        /* [vocab][hidden] model.embed_tokens */
+  void *embed;         /* [vocab][hidden] model.embed_tokens */
   ms__layer_t *layers; /* [num_layers], heap (never in a sleeping region) */
-  float *final_norm;   /* [hidden] model.norm */
-  float *lm_head;      /* [vocab][hidden]; == embed when tied */
+  void *final_norm;    /* [hidden] model.norm */
+  void *lm_head;       /* [vocab][hidden]; == embed when tied */
   void **allocs;       /* the memsleep allocations holding the weights */
   size_t nallocs;
-  size_t weight_bytes; /* bytes of float32 weights in memsleep memory */
+  size_t weight_bytes; /* bytes of weights in memsleep memory */
+  int device;          /* MEMSLEEP_HOST, or the CUDA ordinal holding the weights */
+  int elem_bytes;      /* 4: float32 (host), 2: bfloat16 (CUDA device) */
   char dir[4096];      /* the directory the weights came from */
   char tag[64];        /* memsleep tag of the weights */
 } ms__model_t;
@@ -80,13 +87,15 @@ typedef void (*ms__progress_fn)(size_t done_bytes, size_t total_bytes, void *use
 int ms__config_load(const char *dir, ms__model_config_t *cfg);
 
 /* Loads the model in dir into memsleep memory under tag (flags: normally
- * MEMSLEEP_BACKUP), on device (MEMSLEEP_HOST for the CPU engine). On
- * failure nothing stays allocated. progress may be NULL. */
+ * MEMSLEEP_BACKUP), on device: MEMSLEEP_HOST (float32, the CPU engine) or
+ * a CUDA ordinal (bfloat16, the GPU engine; ms__device_check says whether
+ * this build and machine can). On failure nothing stays allocated.
+ * progress may be NULL. */
 int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
                    ms__progress_fn progress, void *user, ms__model_t *out);
 
 /* Reads the weights of dir into m's existing memory, in place (addresses
- * unchanged): for update_weights_from_disk. dir's config must match m's
+ * unchanged, converted as at load): for update_weights_from_disk. dir's config must match m's
  * shapes exactly, else MEMSLEEP_EINVAL and m is unchanged (every file is
  * checked before a byte is written). The weights' tag must be awake. */
 int ms__model_reload(ms__model_t *m, const char *dir, ms__progress_fn progress, void *user);
@@ -101,7 +110,8 @@ void ms__model_free(ms__model_t *m);
  *   has the wrong shape or an unsupported dtype, the architecture or a
  *   feature is unsupported, reload's shapes differ from the loaded model's;
  * MEMSLEEP_ESTATE: reload while the weights' tag is asleep;
- * MEMSLEEP_EUNAVAIL: a device other than MEMSLEEP_HOST (not supported yet);
+ * MEMSLEEP_EUNAVAIL: a CUDA device, and this build has no CUDA engine or
+ *   the machine no CUDA driver or device (ms__device_check);
  * MEMSLEEP_ENOMEM / MEMSLEEP_EBACKEND: no memory, a read failed.
  * Reload also takes the new rope_theta, rms_norm_eps and BOS/EOS ids;
  * max_position stays the loaded model's (the KV cache was sized by it). A

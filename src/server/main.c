@@ -27,6 +27,7 @@
 
 #include "common/cli_args.h"
 #include "common/exposure.h"
+#include "engine/device.h"
 #include "server/controller.h"
 #include "server/http.h"
 
@@ -47,7 +48,11 @@ static void usage(FILE *f) {
           "                           exposes the server to the network: set keys)\n"
           "  --port N                 port (default 30000; 0 picks a free one, printed)\n"
           "  --served-model-name S    model name in OpenAI answers (default: DIR)\n"
-          "  --threads N              compute threads (default 0: one per core)\n"
+          "  --device D               where the model runs: cpu (float32, default) or cuda:N\n"
+          "                           (bfloat16 on CUDA device N; needs a build with the CUDA\n"
+          "                           engine, a driver and the GPU)\n"
+          "  --threads N              compute threads of the CPU engine (default 0: one per\n"
+          "                           core)\n"
           "  --max-batch N            requests running together (default 32)\n"
           "  --max-queue N            requests waiting at most; more get 503 (default 256)\n"
           "  --max-context N          prompt + new tokens at most (default: the model's)\n"
@@ -128,6 +133,7 @@ int main(int argc, char **argv) {
   const char *api_key_arg = NULL, *admin_key_arg = NULL;
   const char *allowed_dirs[64];
   size_t n_allowed = 0;
+  int device = MEMSLEEP_HOST;
 
   enum {
     O_HOST = 256,
@@ -148,6 +154,7 @@ int main(int argc, char **argv) {
     O_API_KEY,
     O_ADMIN_KEY,
     O_ALLOWED_DIR,
+    O_DEVICE,
     O_VERSION
   };
   static const struct option longopts[] = {
@@ -170,6 +177,7 @@ int main(int argc, char **argv) {
       {"api-key", required_argument, NULL, O_API_KEY},
       {"admin-api-key", required_argument, NULL, O_ADMIN_KEY},
       {"allowed-model-dir", required_argument, NULL, O_ALLOWED_DIR},
+      {"device", required_argument, NULL, O_DEVICE},
       {"help", no_argument, NULL, 'h'},
       {"version", no_argument, NULL, O_VERSION},
       {NULL, 0, NULL, 0}};
@@ -240,6 +248,12 @@ int main(int argc, char **argv) {
       }
       allowed_dirs[n_allowed++] = optarg;
       break;
+    case O_DEVICE:
+      if (ms__device_parse(optarg, &device) != 0) {
+        fprintf(stderr, "memsleep-serve: --device: %s\n", memsleep_last_error());
+        return 2;
+      }
+      break;
     case 'h':
       usage(stdout);
       return 0;
@@ -296,11 +310,20 @@ int main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   signal(SIGPIPE, SIG_IGN);
 
+  /* A device this build or machine cannot use is said plainly, before
+   * anything is loaded. */
+  char dev_name[32];
+  int rc = ms__device_check(device);
+  if (rc != 0) {
+    fprintf(stderr, "memsleep-serve: %s\n", memsleep_last_error());
+    return stop_all(&srv, 1);
+  }
+
   int last_pct = -1;
   ms__engine_options_t eo;
   memset(&eo, 0, sizeof eo);
   eo.model_dir = o->model_dir;
-  eo.device = MEMSLEEP_HOST;
+  eo.device = device;
   eo.threads = o->threads;
   eo.kv_block_tokens = o->kv_block_tokens;
   eo.kv_blocks = o->kv_blocks;
@@ -310,8 +333,9 @@ int main(int argc, char **argv) {
   eo.prefix_cache = o->prefix_cache;
   eo.progress = on_progress;
   eo.progress_user = &last_pct;
-  fprintf(stderr, "memsleep-serve: loading %s\n", o->model_dir);
-  int rc = ms__engine_create(&eo, &srv.engine);
+  fprintf(stderr, "memsleep-serve: loading %s on %s\n", o->model_dir,
+          ms__device_name(device, dev_name, sizeof dev_name));
+  rc = ms__engine_create(&eo, &srv.engine);
   if (rc != 0) {
     fprintf(stderr, "memsleep-serve: cannot load the model in %s: %s: %s\n", o->model_dir,
             memsleep_strerror(rc), memsleep_last_error());
@@ -361,9 +385,10 @@ int main(int argc, char **argv) {
   ms__warn_exposure("memsleep-serve", o->host, o->keys.api != NULL, o->keys.admin != NULL,
                     "--api-key (or MEMSLEEP_API_KEY)");
   int v6 = strchr(o->host, ':') != NULL;
-  printf("memsleep-serve: listening on http://%s%s%s:%d (%s, %d layers, vocab %d, context %d)\n",
+  printf("memsleep-serve: listening on http://%s%s%s:%d (%s, %d layers, vocab %d, context %d, "
+         "%s)\n",
          v6 ? "[" : "", o->host, v6 ? "]" : "", srv.port, cfg->arch_name, cfg->num_layers,
-         cfg->vocab_size, srv.max_context);
+         cfg->vocab_size, srv.max_context, dev_name);
   fflush(stdout);
 
   int sig = 0;

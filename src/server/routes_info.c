@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/device.h"
 #include "server/controller.h"
 #include "server/json_util.h"
 #include "server/routes.h"
@@ -144,7 +145,12 @@ enum MHD_Result ms__route_server_info(ms__http_req_t *req) {
   for (size_t i = 0; i < o->model_roots.n; i++)
     json_array_append_new(dirs,
                           ms__json_text(o->model_roots.dirs[i], strlen(o->model_roots.dirs[i])));
+  char dev[32];
+  ms__device_name(m->device, dev, sizeof dev);
+  if (model)
+    json_object_set_new(model, "dtype", json_string(m->elem_bytes == 2 ? "bfloat16" : "float32"));
   if (args) {
+    json_object_set_new(args, "device", json_string(dev));
     json_object_set_new(args, "request_timeout_s", json_integer(o->request_timeout_s));
     json_object_set_new(args, "api_key", json_boolean(o->keys.api != NULL));
     json_object_set_new(args, "admin_api_key", json_boolean(o->keys.admin != NULL));

@@ -169,6 +169,8 @@ static inline void tm_as_model(tm_model_t *m, ms__model_t *out) {
   c->bos_token_id = -1;
   c->eos_token_ids[0] = s->eos;
   c->n_eos = 1;
+  out->device = MEMSLEEP_HOST;
+  out->elem_bytes = 4;
   out->embed = tm_find(m, "model.embed_tokens.weight")->data;
   out->final_norm = tm_find(m, "model.norm.weight")->data;
   out->lm_head = s->tie ? out->embed : tm_find(m, "lm_head.weight")->data;

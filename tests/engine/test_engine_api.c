@@ -260,8 +260,8 @@ static void test_create_failure_leaves_nothing(void **state) {
   o.max_context = 100000; /* beyond the model's 256 */
   assert_int_equal(ms__engine_create(&o, &e), MEMSLEEP_EINVAL);
   o = tc_options(g_dir);
-  o.device = 0;
-  assert_int_equal(ms__engine_create(&o, &e), MEMSLEEP_EUNAVAIL);
+  o.device = -5; /* neither the host nor a CUDA ordinal */
+  assert_int_equal(ms__engine_create(&o, &e), MEMSLEEP_EINVAL);
   ms__engine_destroy(NULL);
   tc_assert_memsleep_empty();
 }

@@ -84,6 +84,26 @@ if [ -d .gpu-carry/hf ]; then
   run hf_transformers_logits python3 tests/gpu/hf_compare.py check --workdir .gpu-carry/hf
 fi
 
+# The engine's CUDA backend (bf16, cuBLAS) against its CPU backend, greedy
+# tokens across release/resume of every tag subset, alone = in a batch. The
+# engine needs jansson, libmicrohttpd and libcurl (pkg-config); it is built
+# in its own directory, and skipped when they are missing.
+if pkg-config --exists jansson libmicrohttpd libcurl 2>/dev/null; then
+  if cmake -S . -B "$build-engine" -DCMAKE_BUILD_TYPE=Release -DMEMSLEEP_BUILD_TESTS=OFF \
+       -DMEMSLEEP_BUILD_SERVER=ON -DMEMSLEEP_GPU_TESTS=ON -DMEMSLEEP_BUILD_BENCH=OFF \
+       -DMEMSLEEP_CUDA_ENGINE=ON >"$log_dir/engine-configure.log" 2>&1 &&
+     cmake --build "$build-engine" -j"$jobs" --target engine_gpu_test memsleep-serve \
+       >"$log_dir/engine-build.log" 2>&1; then
+    run engine_gpu_vs_cpu "$build-engine/tests/gpu/engine_gpu_test"
+  else
+    tail -n 40 "$log_dir/engine-configure.log" "$log_dir/engine-build.log" 2>/dev/null
+    names+=("engine_gpu_vs_cpu")
+    results+=("FAIL (engine build)")
+  fi
+else
+  echo "== engine_gpu_vs_cpu: skipped (pkg-config finds no jansson, libmicrohttpd or libcurl)"
+fi
+
 # The GPU sleep/wake benchmark (its own table says which targets were met).
 if [ "$bench" = 1 ]; then
   run bench_gpu_sleep_wake "$build/bench/bench_gpu_sleep_wake"

@@ -1,0 +1,407 @@
+/*
+ * compute_cuda.c - the bf16 CUDA compute backend.
+ *
+ * The same forward pass as compute_cpu.c, on a GPU: weights and the paged
+ * KV pool are bfloat16 on the device (the loader and the KV cache put them
+ * there), activations float32 with every sum accumulated in float32. The
+ * projections and the LM head are cuBLAS GEMMs (bfloat16 inputs, float32
+ * output and compute; the attention output and down projections add into
+ * the residual stream through beta = 1); everything else is our own
+ * kernels (cuda_kernels.cu). Every new token of the batch is one row of
+ * the activations, as on the CPU.
+ *
+ * Memory: nothing here calls cudaMalloc. The scratch - activations, the
+ * per-token index tables, a chunk of logits rows and cuBLAS's workspace
+ * (handed over with cublasSetWorkspace) - is one allocation of memsleep
+ * tag "workspace" on the device, holding nothing between forward passes,
+ * so it can sleep without a backup. The logits come back to the host rows
+ * the batch names; sampling stays on the CPU.
+ *
+ * Each forward pass ends with the stream drained, so between passes no
+ * work is in flight over memory a release may take away.
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "engine/compute.h"
+#include "engine/cuda_kernels.h"
+#include "engine/device.h"
+#include "memsleep/memsleep.h"
+
+/* cuBLAS's workspace: what NVIDIA recommends for Hopper. */
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+/* Logits rows computed per LM-head GEMM. */
+#define LOGIT_ROWS_MAX 64
+
+typedef struct cuda_ctx {
+  const ms__model_t *m; /* the model (bfloat16 weights on the device) */
+  ms__kv_layout_t kv;   /* the KV pool (bfloat16 on the device) */
+  int device;           /* CUDA ordinal */
+  int max_tokens;       /* new tokens per forward pass at most */
+  int max_context;      /* positions per sequence at most */
+  size_t table_cap;     /* block-table entries per forward pass at most */
+  int logit_rows;       /* rows of the logits buffer */
+  cudaStream_t stream;  /* every kernel, copy and GEMM */
+  cublasHandle_t blas;  /* bound to stream and to cublas_ws */
+  void *ws;             /* the device workspace (tag "workspace") */
+  size_t ws_bytes;      /* its size */
+  /* Device buffers inside ws. */
+  float *x;           /* [max_tokens][hidden] residual stream */
+  uint16_t *xh;       /* [max_tokens][hidden] normed input of a block (bf16) */
+  float *q;           /* [max_tokens][q_dim] */
+  float *k;           /* [max_tokens][kv_dim] */
+  float *v;           /* [max_tokens][kv_dim] */
+  uint16_t *att;      /* [max_tokens][q_dim] attention output (bf16) */
+  float *gate;        /* [max_tokens][intermediate] */
+  float *up;          /* [max_tokens][intermediate] */
+  uint16_t *hh;       /* [max_tokens][intermediate] silu(gate) * up (bf16) */
+  float *logits;      /* [logit_rows][vocab] */
+  void *cublas_ws;    /* CUBLAS_WORKSPACE_BYTES for cuBLAS */
+  void *idx;          /* the index tables below, uploaded in one copy */
+  int *d_tokens;      /* [max_tokens] */
+  int *d_pos;         /* [max_tokens] */
+  int *d_tab_off;     /* [max_tokens] start of each row's block table in d_tables */
+  int *d_sel;         /* [max_tokens] rows whose logits are wanted */
+  int64_t *d_slot;    /* [max_tokens] pool slot each row's key and value go to */
+  uint32_t *d_tables; /* [table_cap] the batch's block tables, one after another */
+  size_t idx_bytes;   /* size of the index region */
+  /* The host copy of the index region (heap), same layout. */
+  void *h_idx;
+  float **outp; /* [max_tokens] host logits row of each selected row (heap) */
+} cuda_ctx_t;
+
+/* Offsets of the index tables in the index region (same on both sides). */
+typedef struct idx_layout {
+  size_t tokens, pos, tab_off, sel, slot, tables, total;
+} idx_layout_t;
+
+static idx_layout_t idx_layout(size_t T, size_t table_cap) {
+  idx_layout_t l;
+  l.slot = 0;
+  l.tokens = l.slot + T * sizeof(int64_t);
+  l.pos = l.tokens + T * sizeof(int);
+  l.tab_off = l.pos + T * sizeof(int);
+  l.sel = l.tab_off + T * sizeof(int);
+  l.tables = l.sel + T * sizeof(int);
+  l.total = l.tables + table_cap * sizeof(uint32_t);
+  return l;
+}
+
+static int cuda_err(cudaError_t e, const char *what) {
+  cudaGetLastError();
+  return ms__fail(MEMSLEEP_EBACKEND, "compute cuda: %s: %s (%s)", what, cudaGetErrorString(e),
+                  cudaGetErrorName(e));
+}
+
+static int blas_err(cublasStatus_t s, const char *what) {
+  return ms__fail(MEMSLEEP_EBACKEND, "compute cuda: %s: %s (cuBLAS status %d)", what,
+                  cublasGetStatusString(s), (int)s);
+}
+
+static void cuda_destroy(void *ctx) {
+  cuda_ctx_t *c = ctx;
+  if (!c)
+    return;
+  cudaSetDevice(c->device);
+  if (c->stream)
+    cudaStreamSynchronize(c->stream);
+  if (c->blas)
+    cublasDestroy(c->blas);
+  if (c->stream)
+    cudaStreamDestroy(c->stream);
+  if (c->ws)
+    memsleep_free(c->ws);
+  free(c->h_idx);
+  free(c->outp);
+  free(c);
+}
+
+/* Carves ws into the buffers, each 256-byte aligned; returns the bytes
+ * needed (ws NULL: only counts). */
+static size_t carve(cuda_ctx_t *c, char *ws) {
+  const ms__model_config_t *cfg = &c->m->cfg;
+  size_t T = (size_t)c->max_tokens, H = (size_t)cfg->hidden_size;
+  size_t qd = (size_t)cfg->num_heads * cfg->head_dim, kvd = (size_t)c->kv.kv_dim;
+  size_t I = (size_t)cfg->intermediate_size, V = (size_t)cfg->vocab_size;
+  idx_layout_t il = idx_layout(T, c->table_cap);
+  struct {
+    void **p;
+    size_t bytes;
+  } parts[] = {
+      {(void **)&c->x, T * H * 4},
+      {(void **)&c->xh, T * H * 2},
+      {(void **)&c->q, T * qd * 4},
+      {(void **)&c->k, T * kvd * 4},
+      {(void **)&c->v, T * kvd * 4},
+      {(void **)&c->att, T * qd * 2},
+      {(void **)&c->gate, T * I * 4},
+      {(void **)&c->up, T * I * 4},
+      {(void **)&c->hh, T * I * 2},
+      {(void **)&c->logits, (size_t)c->logit_rows * V * 4},
+      {&c->cublas_ws, CUBLAS_WORKSPACE_BYTES},
+      {&c->idx, il.total},
+  };
+  size_t off = 0;
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+    if (ws)
+      *parts[i].p = ws + off;
+    off += (parts[i].bytes + 255) / 256 * 256;
+  }
+  if (ws) {
+    char *b = c->idx;
+    c->d_slot = (int64_t *)(void *)(b + il.slot);
+    c->d_tokens = (int *)(void *)(b + il.tokens);
+    c->d_pos = (int *)(void *)(b + il.pos);
+    c->d_tab_off = (int *)(void *)(b + il.tab_off);
+    c->d_sel = (int *)(void *)(b + il.sel);
+    c->d_tables = (uint32_t *)(void *)(b + il.tables);
+    c->idx_bytes = il.total;
+  }
+  return off;
+}
+
+static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int threads, int max_tokens,
+                       int max_context, void **out) {
+  (void)threads; /* the GPU sets its own parallelism */
+  const ms__model_config_t *cfg = &m->cfg;
+  if (!out || max_tokens < 1 || max_context < 1 || cfg->num_kv_heads < 1 ||
+      cfg->num_heads % cfg->num_kv_heads != 0 || cfg->head_dim % 2 != 0 ||
+      cfg->head_dim > MS__CUDA_HEAD_DIM_MAX || kv->kv_dim != cfg->num_kv_heads * cfg->head_dim ||
+      kv->num_layers != cfg->num_layers || kv->block_tokens < 1)
+    return ms__fail(MEMSLEEP_EINVAL,
+                    "compute cuda: bad shapes (heads %d, kv heads %d, head_dim %d (at most %d), "
+                    "kv_dim %d, max_tokens %d, max_context %d)",
+                    cfg->num_heads, cfg->num_kv_heads, cfg->head_dim, MS__CUDA_HEAD_DIM_MAX,
+                    kv->kv_dim, max_tokens, max_context);
+  if (m->device < 0 || m->elem_bytes != 2 || kv->device != m->device || kv->elem_bytes != 2)
+    return ms__fail(MEMSLEEP_EINVAL,
+                    "compute cuda: the weights (device %d, %d-byte elements) and the KV pool "
+                    "(device %d, %d-byte elements) must be bfloat16 on one CUDA device",
+                    m->device, m->elem_bytes, kv->device, kv->elem_bytes);
+  int rc = ms__device_check(m->device);
+  if (rc != 0)
+    return rc;
+  cuda_ctx_t *c = calloc(1, sizeof *c);
+  if (!c)
+    return ms__fail(MEMSLEEP_ENOMEM, "compute cuda: context (%zu bytes)", sizeof *c);
+  c->m = m;
+  c->kv = *kv;
+  c->device = m->device;
+  c->max_tokens = max_tokens;
+  c->max_context = max_context;
+  /* Each sequence has at least one new token, so at most max_tokens
+   * sequences, each with a table covering at most max_context positions. */
+  size_t per_seq = ((size_t)max_context + (size_t)kv->block_tokens - 1) / (size_t)kv->block_tokens;
+  c->table_cap = (size_t)max_tokens * per_seq;
+  c->logit_rows = max_tokens < LOGIT_ROWS_MAX ? max_tokens : LOGIT_ROWS_MAX;
+  c->ws_bytes = carve(c, NULL);
+  cudaError_t e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+  if (e != cudaSuccess) {
+    c->stream = NULL;
+    rc = cuda_err(e, "cudaStreamCreateWithFlags");
+    goto fail;
+  }
+  rc = memsleep_alloc(&c->ws, c->ws_bytes, c->device, "workspace", 0);
+  if (rc != 0) {
+    ms__fail_append(" (compute cuda: workspace of %zu bytes)", c->ws_bytes);
+    goto fail;
+  }
+  carve(c, c->ws);
+  c->h_idx = malloc(c->idx_bytes);
+  c->outp = malloc(sizeof(float *) * (size_t)max_tokens);
+  if (!c->h_idx || !c->outp) {
+    rc = ms__fail(MEMSLEEP_ENOMEM, "compute cuda: index tables (%zu bytes)", c->idx_bytes);
+    goto fail;
+  }
+  cublasStatus_t s = cublasCreate(&c->blas);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    c->blas = NULL;
+    rc = blas_err(s, "cublasCreate");
+    goto fail;
+  }
+  s = cublasSetStream(c->blas, c->stream);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasSetWorkspace(c->blas, c->cublas_ws, CUBLAS_WORKSPACE_BYTES);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    rc = blas_err(s, "cublasSetStream/cublasSetWorkspace");
+    goto fail;
+  }
+  *out = c;
+  return 0;
+fail:
+  cuda_destroy(c);
+  return rc;
+}
+
+/* Y[T][out] = X[T][in] . W[out][in]^T (+ Y when beta is 1): bfloat16
+ * inputs, float32 output and accumulation. cuBLAS is column-major: there
+ * W is in x out (ld in), X in x T (ld in), Y out x T (ld out). */
+static int gemm(cuda_ctx_t *c, const void *W, const uint16_t *X, float *Y, int out, int in, int T,
+                float beta, const char *what) {
+  const float alpha = 1.0f;
+  cublasStatus_t s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &alpha, W,
+                                  CUDA_R_16BF, in, X, CUDA_R_16BF, in, &beta, Y, CUDA_R_32F, out,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_err(s, what);
+}
+
+#define CK(call, what)                                                                             \
+  do {                                                                                             \
+    cudaError_t e_ = (call);                                                                       \
+    if (e_ != cudaSuccess)                                                                         \
+      return cuda_err(e_, what);                                                                   \
+  } while (0)
+#define CB(call)                                                                                   \
+  do {                                                                                             \
+    int rc_ = (call);                                                                              \
+    if (rc_ != 0)                                                                                  \
+      return rc_;                                                                                  \
+  } while (0)
+
+/* Lays the batch out as token rows in the host index tables; *T_out gets
+ * the rows, *nsel the rows whose logits are wanted (their host rows in
+ * c->outp). */
+static int layout_batch(cuda_ctx_t *c, const ms__batch_seq_t *seqs, size_t n, int *T_out,
+                        int *nsel_out, size_t *ntab_out) {
+  const ms__model_config_t *cfg = &c->m->cfg;
+  idx_layout_t il = idx_layout((size_t)c->max_tokens, c->table_cap);
+  char *h = c->h_idx;
+  int64_t *slot = (int64_t *)(void *)(h + il.slot);
+  int *tokens = (int *)(void *)(h + il.tokens), *pos = (int *)(void *)(h + il.pos);
+  int *tab_off = (int *)(void *)(h + il.tab_off), *sel = (int *)(void *)(h + il.sel);
+  uint32_t *tables = (uint32_t *)(void *)(h + il.tables);
+  int bt = c->kv.block_tokens, T = 0, nsel = 0;
+  size_t ntab = 0;
+  for (size_t s = 0; s < n; s++) {
+    const ms__batch_seq_t *sq = &seqs[s];
+    if (sq->n_tokens < 1 || sq->start_pos < 0 || !sq->tokens || !sq->block_table ||
+        sq->start_pos + sq->n_tokens > c->max_context || T + sq->n_tokens > c->max_tokens)
+      return ms__fail(MEMSLEEP_EINVAL,
+                      "compute cuda: batch entry %zu (n_tokens %d at %d) does not fit "
+                      "(max_tokens %d, max_context %d)",
+                      s, sq->n_tokens, sq->start_pos, c->max_tokens, c->max_context);
+    size_t nblk = ((size_t)sq->start_pos + (size_t)sq->n_tokens + (size_t)bt - 1) / (size_t)bt;
+    for (size_t b = 0; b < nblk; b++) {
+      if (sq->block_table[b] >= c->kv.num_blocks)
+        return ms__fail(MEMSLEEP_EINVAL, "compute cuda: batch entry %zu names block %u of %zu", s,
+                        sq->block_table[b], c->kv.num_blocks);
+      tables[ntab + b] = sq->block_table[b];
+    }
+    int first = sq->all_logits ? 0 : sq->n_tokens - 1;
+    for (int i = 0; i < sq->n_tokens; i++) {
+      int tok = sq->tokens[i];
+      if (tok < 0 || tok >= cfg->vocab_size)
+        return ms__fail(MEMSLEEP_EINVAL, "compute cuda: token %d out of [0, %d)", tok,
+                        cfg->vocab_size);
+      int p = sq->start_pos + i;
+      tokens[T] = tok;
+      pos[T] = p;
+      tab_off[T] = (int)ntab;
+      slot[T] = (int64_t)sq->block_table[p / bt] * bt + p % bt;
+      if (sq->logits && i >= first) {
+        sel[nsel] = T;
+        c->outp[nsel] = sq->logits + (size_t)(sq->all_logits ? i : 0) * cfg->vocab_size;
+        nsel++;
+      }
+      T++;
+    }
+    ntab += nblk;
+  }
+  *T_out = T;
+  *nsel_out = nsel;
+  *ntab_out = ntab;
+  return 0;
+}
+
+/* Copies logits rows [0, rows) of the device buffer to the host rows
+ * c->outp[first ..], one copy per run of rows adjacent in host memory. */
+static int copy_logits(cuda_ctx_t *c, int first, int rows) {
+  size_t V = (size_t)c->m->cfg.vocab_size;
+  for (int r = 0; r < rows;) {
+    int run = 1;
+    while (r + run < rows && c->outp[first + r + run] == c->outp[first + r] + (size_t)run * V)
+      run++;
+    CK(cudaMemcpyAsync(c->outp[first + r], c->logits + (size_t)r * V,
+                       (size_t)run * V * sizeof(float), cudaMemcpyDeviceToHost, c->stream),
+       "cudaMemcpyAsync (logits to the host)");
+    r += run;
+  }
+  return 0;
+}
+
+static int forward_queue(cuda_ctx_t *c, int T, int nsel) {
+  const ms__model_t *m = c->m;
+  const ms__model_config_t *cfg = &m->cfg;
+  int H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
+  int qd = nh * hd, kvd = c->kv.kv_dim, I = cfg->intermediate_size, V = cfg->vocab_size;
+  float eps = cfg->rms_norm_eps;
+  size_t layer_elems = c->kv.num_blocks * (size_t)c->kv.block_tokens * (size_t)kvd;
+  cudaStream_t st = c->stream;
+
+  CK(ms__cuk_embed(c->x, m->embed, c->d_tokens, T, H, st), "embedding kernel");
+  for (int l = 0; l < cfg->num_layers; l++) {
+    const ms__layer_t *L = &m->layers[l];
+    uint16_t *kl = (uint16_t *)c->kv.k + (size_t)l * layer_elems;
+    uint16_t *vl = (uint16_t *)c->kv.v + (size_t)l * layer_elems;
+    CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->attn_norm, T, H, eps, st), "rmsnorm kernel");
+    CB(gemm(c, L->wq, c->xh, c->q, qd, H, T, 0.0f, "q_proj"));
+    CB(gemm(c, L->wk, c->xh, c->k, kvd, H, T, 0.0f, "k_proj"));
+    CB(gemm(c, L->wv, c->xh, c->v, kvd, H, T, 0.0f, "v_proj"));
+    CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
+                          nkv, hd, cfg->rope_theta, st),
+       "rope kernel");
+    CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
+                         c->kv.block_tokens, st),
+       "attention kernel");
+    CB(gemm(c, L->wo, c->att, c->x, H, qd, T, 1.0f, "o_proj"));
+    CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->ffn_norm, T, H, eps, st), "rmsnorm kernel");
+    CB(gemm(c, L->w_gate, c->xh, c->gate, I, H, T, 0.0f, "gate_proj"));
+    CB(gemm(c, L->w_up, c->xh, c->up, I, H, T, 0.0f, "up_proj"));
+    CK(ms__cuk_swiglu(c->hh, c->gate, c->up, (size_t)T * I, st), "swiglu kernel");
+    CB(gemm(c, L->w_down, c->hh, c->x, H, I, T, 1.0f, "down_proj"));
+  }
+  /* Final norm and LM head for the selected rows, a chunk at a time. */
+  for (int r0 = 0; r0 < nsel; r0 += c->logit_rows) {
+    int rows = nsel - r0 < c->logit_rows ? nsel - r0 : c->logit_rows;
+    CK(ms__cuk_rmsnorm(c->xh, c->x, c->d_sel + r0, m->final_norm, rows, H, eps, st),
+       "rmsnorm kernel");
+    CB(gemm(c, m->lm_head, c->xh, c->logits, V, H, rows, 0.0f, "lm_head"));
+    CB(copy_logits(c, r0, rows));
+  }
+  return 0;
+}
+
+static int cuda_forward(void *ctx, const ms__batch_seq_t *seqs, size_t n) {
+  cuda_ctx_t *c = ctx;
+  int T = 0, nsel = 0;
+  size_t ntab = 0;
+  int rc = layout_batch(c, seqs, n, &T, &nsel, &ntab);
+  if (rc != 0 || T == 0)
+    return rc;
+  cudaError_t e = cudaSetDevice(c->device);
+  if (e != cudaSuccess)
+    return cuda_err(e, "cudaSetDevice");
+  /* Only the used part of the tables region travels. */
+  idx_layout_t il = idx_layout((size_t)c->max_tokens, c->table_cap);
+  size_t bytes = il.tables + ntab * sizeof(uint32_t);
+  e = cudaMemcpyAsync(c->idx, c->h_idx, bytes, cudaMemcpyHostToDevice, c->stream);
+  if (e != cudaSuccess)
+    return cuda_err(e, "cudaMemcpyAsync (index tables)");
+  rc = forward_queue(c, T, nsel);
+  /* Drain the stream whatever happened: nothing may still run over the
+   * pool or the workspace when the scheduler reports the step done. */
+  e = cudaStreamSynchronize(c->stream);
+  if (rc == 0 && e != cudaSuccess)
+    rc = cuda_err(e, "forward pass");
+  return rc;
+}
+
+const ms__compute_ops_t ms__compute_cuda = {
+    .name = "cuda",
+    .create = cuda_create,
+    .forward = cuda_forward,
+    .destroy = cuda_destroy,
+};

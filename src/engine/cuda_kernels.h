@@ -1,0 +1,65 @@
+/*
+ * cuda_kernels.h - the CUDA backend's own kernels, callable from C.
+ *
+ * Everything the CUDA backend (compute_cuda.c) computes outside cuBLAS:
+ * the embedding lookup, RMSNorm, RoPE with the new keys and values stored
+ * into the paged KV pool, attention over that pool, and SwiGLU. Weights
+ * and the KV pool are bfloat16 (passed as uint16_t bit patterns: C has no
+ * bfloat16 type), activations float32, and every sum is accumulated in
+ * float32. Each launcher queues its kernel on stream and returns the
+ * launch's error (cudaSuccess or a cudaError_t), never waiting for it.
+ */
+#ifndef MEMSLEEP_ENGINE_CUDA_KERNELS_H
+#define MEMSLEEP_ENGINE_CUDA_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Largest head_dim the attention kernel takes. */
+#define MS__CUDA_HEAD_DIM_MAX 256
+
+/* x[t][:] = embed[tokens[t]][:] as float32, for t < T rows of width H. */
+cudaError_t ms__cuk_embed(float *x, const uint16_t *embed, const int *tokens, int T, int H,
+                          cudaStream_t stream);
+
+/* out[r][:] = bf16(x[row][:] / sqrt(mean(x[row]^2) + eps) * w) for r <
+ * rows, where row = rows_of ? rows_of[r] : r; H wide. */
+cudaError_t ms__cuk_rmsnorm(uint16_t *out, const float *x, const int *rows_of, const uint16_t *w,
+                            int rows, int H, float eps, cudaStream_t stream);
+
+/* For each of T token rows: adds the q/k/v biases (NULL: none), rotates
+ * each head of q (num_heads) and k (num_kv_heads) by pos[t] * theta^(-2i /
+ * head_dim) in Hugging Face's rotate_half convention (pairs (i, i +
+ * head_dim / 2), angles in double precision as the CPU backend does), and
+ * stores k and v as bfloat16 at slot slot[t] (block * block_tokens +
+ * offset) of the layer's pools k_pool and v_pool ([slots][kv_dim]). q stays
+ * float32, in place. */
+cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, const uint16_t *bq,
+                               const uint16_t *bk, const uint16_t *bv, const int *pos,
+                               const int64_t *slot, uint16_t *k_pool, uint16_t *v_pool, int T,
+                               int num_heads, int num_kv_heads, int head_dim, float theta,
+                               cudaStream_t stream);
+
+/* Causal grouped-query attention for each (token row t, head h): query
+ * q[t][h] against positions 0 .. pos[t] of its sequence, whose block table
+ * is tables[tab_off[t] ..]; keys and values from the layer's pools. Writes
+ * bfloat16 out[t][h * head_dim ..]. head_dim <= MS__CUDA_HEAD_DIM_MAX. */
+cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
+                              const uint16_t *v_pool, const uint32_t *tables, const int *tab_off,
+                              const int *pos, int T, int num_heads, int num_kv_heads, int head_dim,
+                              int block_tokens, cudaStream_t stream);
+
+/* out[i] = bf16(silu(gate[i]) * up[i]) for i < n. */
+cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const float *up, size_t n,
+                           cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MEMSLEEP_ENGINE_CUDA_KERNELS_H */
