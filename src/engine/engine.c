@@ -783,9 +783,20 @@ int ms__engine_reset_prefix_cache(ms__engine_t *e) {
   return 0;
 }
 
+/* With nothing running, a step may still be delivering finished or
+ * cancelled requests (it touches no KV block): wait for its end, at most
+ * a few seconds (e->mu held). */
+static void wait_quiet_step_locked(ms__engine_t *e) {
+  struct timespec until = deadline_after(5000);
+  while (e->n_running == 0 && e->in_step && !e->stop)
+    if (pthread_cond_timedwait(&e->idle_cv, &e->mu, &until) != 0)
+      break;
+}
+
 int ms__engine_kv_zero(ms__engine_t *e) {
   pthread_mutex_lock(&e->mu);
   int rc = 0;
+  wait_quiet_step_locked(e);
   if (e->n_running > 0 || e->in_step)
     rc = ms__fail(MEMSLEEP_ESTATE, "kv_zero: %zu requests are running", e->n_running);
   else if (memsleep_is_asleep("kv_cache") == 1)
@@ -799,6 +810,7 @@ int ms__engine_kv_zero(ms__engine_t *e) {
 int ms__engine_kv_repair(ms__engine_t *e) {
   pthread_mutex_lock(&e->mu);
   int rc = 0;
+  wait_quiet_step_locked(e);
   if (e->n_running > 0 || e->in_step)
     rc = ms__fail(MEMSLEEP_ESTATE, "kv_repair: %zu requests are running", e->n_running);
   else if (memsleep_is_asleep("kv_cache") == 1)
