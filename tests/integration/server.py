@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import subprocess
 import tempfile
 import threading
@@ -277,3 +278,31 @@ def raw_exchange(port, data, timeout_s=10):
     finally:
         s.close()
     return got, closed
+
+
+def bearer(key):
+    """The Authorization header for key."""
+    return {"Authorization": "Bearer " + key}
+
+
+def stop_ok(case, proc, what="the process"):
+    """Stops proc with SIGTERM and asserts a clean exit (its log on failure)."""
+    rc = proc.stop()
+    if rc != 0:
+        print(proc.log_text(), file=sys.stderr)
+    case.assertEqual(rc, 0, "%s did not stop cleanly on SIGTERM" % what)
+
+
+def assert_malformed_handled(case, port, cases, timeout_s):
+    """Each raw request in cases is answered with a non-5xx status (505 for
+    an HTTP version the server does not speak) or dropped - never left
+    hanging."""
+    for data in cases:
+        with case.subTest(data=data[:60]):
+            got, closed = raw_exchange(port, data, timeout_s=timeout_s)
+            case.assertTrue(got or closed, "neither answered nor dropped")
+            if got:
+                m = re.match(rb"HTTP/1\.[01] (\d{3}) ", got)
+                case.assertIsNotNone(m, got[:200])
+                code = int(m.group(1))
+                case.assertTrue(code < 500 or code == 505, got[:300])

@@ -33,8 +33,8 @@ import unittest
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server import (ServerProcess, SlowClient, make_model, raw_exchange,  # noqa: E402
-                    wait_until)
+from server import (ServerProcess, SlowClient, assert_malformed_handled, bearer,  # noqa: E402
+                    make_model, raw_exchange, stop_ok, wait_until)
 
 BIN = {}
 TMP = None
@@ -73,15 +73,6 @@ def tearDownModule():
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-def bearer(key):
-    return {"Authorization": "Bearer " + key}
-
-
-def stop_ok(case, server):
-    rc = server.stop()
-    if rc != 0:
-        print(server.log_text(), file=sys.stderr)
-    case.assertEqual(rc, 0, "memsleep-serve did not stop cleanly on SIGTERM")
 
 
 # Every endpoint but /health, with a body it would accept, and the key it
@@ -489,17 +480,7 @@ class SlowAndHostileClients(unittest.TestCase):
             b"GET /health?%zz%%=1&&== HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
         ]
-        for data in cases:
-            with self.subTest(data=data[:60]):
-                got, closed = raw_exchange(self.s.port, data,
-                                           timeout_s=self.TIMEOUT_S + MARGIN_S + 2)
-                self.assertTrue(got or closed, "neither answered nor dropped")
-                if got:
-                    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", got)
-                    self.assertIsNotNone(m, got[:200])
-                    # Never a server error, but 505 for an HTTP version it does not speak.
-                    code = int(m.group(1))
-                    self.assertTrue(code < 500 or code == 505, got[:300])
+        assert_malformed_handled(self, self.s.port, cases, self.TIMEOUT_S + MARGIN_S + 2)
         self.assertIsNone(self.s.proc.poll(), "the server died")
         self.assertEqual(self.s.json("GET", "/health")[0], 200)
         self.generate_ok()
