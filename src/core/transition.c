@@ -362,6 +362,7 @@ typedef struct ms__fencer {
   size_t prev_to;
   size_t from; /* first allocation of the batch being filled */
   size_t bytes;
+  size_t batch; /* bytes per batch (MEMSLEEP_OVERLAP_BYTES, default MS__FENCE_BYTES) */
 } ms__fencer_t;
 
 static void ms__fencer_init(ms__fencer_t *f, const ms__plan_t *p, unsigned flags) {
@@ -370,6 +371,14 @@ static void ms__fencer_init(ms__fencer_t *f, const ms__plan_t *p, unsigned flags
   if ((flags & MEMSLEEP_RELEASE_NO_BACKUP) || p->nallocs == 0 ||
       (env != NULL && strcmp(env, "0") == 0))
     return;
+  f->batch = (size_t)MS__FENCE_BYTES;
+  const char *bytes = getenv("MEMSLEEP_OVERLAP_BYTES"); /* batch size, for tests and tuning */
+  if (bytes != NULL && *bytes != '\0') {
+    char *end = NULL;
+    unsigned long long v = strtoull(bytes, &end, 10);
+    if (end != NULL && *end == '\0' && v > 0)
+      f->batch = (size_t)v;
+  }
   f->be = p->allocs[0]->be;
   f->dev = p->allocs[0]->device;
   f->on = f->be->fence != NULL && f->be->fence_wait != NULL;
@@ -382,7 +391,7 @@ static int ms__fencer_step(ms__fencer_t *f, ms__plan_t *p, size_t k, size_t byte
   if (!f->on)
     return 0;
   f->bytes += bytes;
-  if (f->bytes < MS__FENCE_BYTES)
+  if (f->bytes < f->batch)
     return 0;
   void *token = NULL;
   int rc = f->be->fence(f->dev, &token);
