@@ -49,11 +49,24 @@ typedef struct ms__batch_seq {
   const uint32_t *block_table; /* blocks covering positions 0 .. start_pos + n_tokens - 1 */
   float *logits;               /* out: [vocab] for the last new token, or NULL for none */
   int all_logits;              /* 1: logits is [n_tokens][vocab], one row per new token */
+  /* Sampling on the device (backends whose ops say .samples): with token
+   * set, the next token after the last new one is drawn there - greedy
+   * when temperature <= 0 or top_k is 1, else from softmax(logits /
+   * temperature) over the top_k most likely (0: all), then over the
+   * smallest such head holding top_p of the mass, with u (the request's
+   * uniform draw in [0, 1)) picking among them - and written to *token.
+   * logits may be NULL then. */
+  int *token;        /* out: the sampled token, or NULL: sample nothing */
+  float temperature; /* sampling of token */
+  int top_k;
+  float top_p;
+  double u;
 } ms__batch_seq_t;
 
 /* A compute backend. ctx is the backend's own state. */
 typedef struct ms__compute_ops {
   const char *name; /* "cpu", ... */
+  int samples;      /* 1: forward samples batch entries that set token */
   /* Prepares to run model m over the KV pool kv with threads workers (0:
    * one per core), for batches of at most max_tokens new tokens in all and
    * contexts of at most max_context positions. Scratch memory is taken

@@ -11,16 +11,20 @@
  * the activations, as on the CPU.
  *
  * Memory: nothing here calls cudaMalloc. The scratch - activations, the
- * per-token index tables, a chunk of logits rows and cuBLAS's workspace
- * (handed over with cublasSetWorkspace) - is one allocation of memsleep
- * tag "workspace" on the device, holding nothing between forward passes,
- * so it can sleep without a backup. The logits come back to the host rows
- * the batch names; sampling stays on the CPU.
+ * per-token index tables, a chunk of logits rows, the sampled tokens and
+ * the GEMMs' workspace - is one allocation of memsleep tag "workspace" on
+ * the device, holding nothing between forward passes, so it can sleep
+ * without a backup. The GEMMs are cuBLASLt's, not cuBLAS's: a cuBLAS
+ * handle allocates device memory of its own when it is created (outside
+ * any region, for the life of the handle), while cuBLASLt takes its
+ * workspace with every call and its handle holds none. A batch entry gets
+ * its logits row on the host, its next token sampled on the device
+ * (cuda_kernels.cu), or both.
  *
  * Each forward pass ends with the stream drained, so between passes no
  * work is in flight over memory a release may take away.
  */
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,53 +39,71 @@
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 /* Logits rows computed per LM-head GEMM. */
 #define LOGIT_ROWS_MAX 64
+/* GEMM shapes whose cuBLASLt plan is kept (7 per layer kind and batch). */
+#define PLANS 64
+
+/* A GEMM shape's cuBLASLt descriptors and the algorithm chosen for it. */
+typedef struct lt_plan {
+  int out, in, T, accumulate; /* the shape; accumulate: beta 1 */
+  uint64_t used;              /* last use (0: empty slot) */
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+} lt_plan_t;
 
 typedef struct cuda_ctx {
-  const ms__model_t *m; /* the model (bfloat16 weights on the device) */
-  ms__kv_layout_t kv;   /* the KV pool (bfloat16 on the device) */
-  int device;           /* CUDA ordinal */
-  int max_tokens;       /* new tokens per forward pass at most */
-  int max_context;      /* positions per sequence at most */
-  size_t table_cap;     /* block-table entries per forward pass at most */
-  int logit_rows;       /* rows of the logits buffer */
-  cudaStream_t stream;  /* every kernel, copy and GEMM */
-  cublasHandle_t blas;  /* bound to stream and to cublas_ws */
-  void *ws;             /* the device workspace (tag "workspace") */
-  size_t ws_bytes;      /* its size */
+  const ms__model_t *m;   /* the model (bfloat16 weights on the device) */
+  ms__kv_layout_t kv;     /* the KV pool (bfloat16 on the device) */
+  int device;             /* CUDA ordinal */
+  int max_tokens;         /* new tokens per forward pass at most */
+  int max_context;        /* positions per sequence at most */
+  size_t table_cap;       /* block-table entries per forward pass at most */
+  int logit_rows;         /* rows of the logits buffer */
+  cudaStream_t stream;    /* every kernel, copy and GEMM */
+  cublasLtHandle_t lt;    /* cuBLASLt (holds no device memory) */
+  lt_plan_t plans[PLANS]; /* kept GEMM plans, least recently used replaced */
+  uint64_t plan_clock;    /* use counter for plans */
+  void *ws;               /* the device workspace (tag "workspace") */
+  size_t ws_bytes;        /* its size */
   /* Device buffers inside ws. */
-  float *x;           /* [max_tokens][hidden] residual stream */
-  uint16_t *xh;       /* [max_tokens][hidden] normed input of a block (bf16) */
-  float *q;           /* [max_tokens][q_dim] */
-  float *k;           /* [max_tokens][kv_dim] */
-  float *v;           /* [max_tokens][kv_dim] */
-  uint16_t *att;      /* [max_tokens][q_dim] attention output (bf16) */
-  float *gate;        /* [max_tokens][intermediate] */
-  float *up;          /* [max_tokens][intermediate] */
-  uint16_t *hh;       /* [max_tokens][intermediate] silu(gate) * up (bf16) */
-  float *logits;      /* [logit_rows][vocab] */
-  void *cublas_ws;    /* CUBLAS_WORKSPACE_BYTES for cuBLAS */
-  void *idx;          /* the index tables below, uploaded in one copy */
-  int *d_tokens;      /* [max_tokens] */
-  int *d_pos;         /* [max_tokens] */
-  int *d_tab_off;     /* [max_tokens] start of each row's block table in d_tables */
-  int *d_sel;         /* [max_tokens] rows whose logits are wanted */
-  int64_t *d_slot;    /* [max_tokens] pool slot each row's key and value go to */
-  uint32_t *d_tables; /* [table_cap] the batch's block tables, one after another */
-  size_t idx_bytes;   /* size of the index region */
+  float *x;                 /* [max_tokens][hidden] residual stream */
+  uint16_t *xh;             /* [max_tokens][hidden] normed input of a block (bf16) */
+  float *q;                 /* [max_tokens][q_dim] */
+  float *k;                 /* [max_tokens][kv_dim] */
+  float *v;                 /* [max_tokens][kv_dim] */
+  uint16_t *att;            /* [max_tokens][q_dim] attention output (bf16) */
+  float *gate;              /* [max_tokens][intermediate] */
+  float *up;                /* [max_tokens][intermediate] */
+  uint16_t *hh;             /* [max_tokens][intermediate] silu(gate) * up (bf16) */
+  float *logits;            /* [logit_rows][vocab] */
+  int *d_next;              /* [max_tokens] tokens sampled on the device */
+  void *cublas_ws;          /* CUBLAS_WORKSPACE_BYTES for cuBLASLt */
+  void *idx;                /* the index tables below, uploaded in one copy */
+  int *d_tokens;            /* [max_tokens] */
+  int *d_pos;               /* [max_tokens] */
+  int *d_tab_off;           /* [max_tokens] start of each row's block table in d_tables */
+  int *d_sel;               /* [max_tokens] rows whose logits are wanted */
+  ms__cuk_sample_t *d_samp; /* [max_tokens] sampling of each selected row */
+  int64_t *d_slot;          /* [max_tokens] pool slot each row's key and value go to */
+  uint32_t *d_tables;       /* [table_cap] the batch's block tables, one after another */
+  size_t idx_bytes;         /* size of the index region */
   /* The host copy of the index region (heap), same layout. */
   void *h_idx;
   float **outp; /* [max_tokens] host logits row of each selected row (heap) */
+  int **tokp;   /* [max_tokens] host token of each selected row, or NULL (heap) */
+  int *h_next;  /* [max_tokens] sampled tokens back on the host (heap) */
 } cuda_ctx_t;
 
 /* Offsets of the index tables in the index region (same on both sides). */
 typedef struct idx_layout {
-  size_t tokens, pos, tab_off, sel, slot, tables, total;
+  size_t tokens, pos, tab_off, sel, samp, slot, tables, total;
 } idx_layout_t;
 
 static idx_layout_t idx_layout(size_t T, size_t table_cap) {
   idx_layout_t l;
   l.slot = 0;
-  l.tokens = l.slot + T * sizeof(int64_t);
+  l.samp = l.slot + T * sizeof(int64_t);
+  l.tokens = l.samp + T * sizeof(ms__cuk_sample_t);
   l.pos = l.tokens + T * sizeof(int);
   l.tab_off = l.pos + T * sizeof(int);
   l.sel = l.tab_off + T * sizeof(int);
@@ -97,8 +119,19 @@ static int cuda_err(cudaError_t e, const char *what) {
 }
 
 static int blas_err(cublasStatus_t s, const char *what) {
-  return ms__fail(MEMSLEEP_EBACKEND, "compute cuda: %s: %s (cuBLAS status %d)", what,
-                  cublasGetStatusString(s), (int)s);
+  return ms__fail(MEMSLEEP_EBACKEND, "compute cuda: %s: cuBLASLt status %d", what, (int)s);
+}
+
+static void plan_clear(lt_plan_t *p) {
+  if (p->op)
+    cublasLtMatmulDescDestroy(p->op);
+  if (p->a)
+    cublasLtMatrixLayoutDestroy(p->a);
+  if (p->b)
+    cublasLtMatrixLayoutDestroy(p->b);
+  if (p->c)
+    cublasLtMatrixLayoutDestroy(p->c);
+  memset(p, 0, sizeof *p);
 }
 
 static void cuda_destroy(void *ctx) {
@@ -108,14 +141,18 @@ static void cuda_destroy(void *ctx) {
   cudaSetDevice(c->device);
   if (c->stream)
     cudaStreamSynchronize(c->stream);
-  if (c->blas)
-    cublasDestroy(c->blas);
+  for (int i = 0; i < PLANS; i++)
+    plan_clear(&c->plans[i]);
+  if (c->lt)
+    cublasLtDestroy(c->lt);
   if (c->stream)
     cudaStreamDestroy(c->stream);
   if (c->ws)
     memsleep_free(c->ws);
   free(c->h_idx);
   free(c->outp);
+  free(c->tokp);
+  free(c->h_next);
   free(c);
 }
 
@@ -141,6 +178,7 @@ static size_t carve(cuda_ctx_t *c, char *ws) {
       {(void **)&c->up, T * I * 4},
       {(void **)&c->hh, T * I * 2},
       {(void **)&c->logits, (size_t)c->logit_rows * V * 4},
+      {(void **)&c->d_next, T * sizeof(int)},
       {&c->cublas_ws, CUBLAS_WORKSPACE_BYTES},
       {&c->idx, il.total},
   };
@@ -157,6 +195,7 @@ static size_t carve(cuda_ctx_t *c, char *ws) {
     c->d_pos = (int *)(void *)(b + il.pos);
     c->d_tab_off = (int *)(void *)(b + il.tab_off);
     c->d_sel = (int *)(void *)(b + il.sel);
+    c->d_samp = (ms__cuk_sample_t *)(void *)(b + il.samp);
     c->d_tables = (uint32_t *)(void *)(b + il.tables);
     c->idx_bytes = il.total;
   }
@@ -212,21 +251,16 @@ static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int thre
   carve(c, c->ws);
   c->h_idx = malloc(c->idx_bytes);
   c->outp = malloc(sizeof(float *) * (size_t)max_tokens);
-  if (!c->h_idx || !c->outp) {
+  c->tokp = malloc(sizeof(int *) * (size_t)max_tokens);
+  c->h_next = malloc(sizeof(int) * (size_t)max_tokens);
+  if (!c->h_idx || !c->outp || !c->tokp || !c->h_next) {
     rc = ms__fail(MEMSLEEP_ENOMEM, "compute cuda: index tables (%zu bytes)", c->idx_bytes);
     goto fail;
   }
-  cublasStatus_t s = cublasCreate(&c->blas);
+  cublasStatus_t s = cublasLtCreate(&c->lt);
   if (s != CUBLAS_STATUS_SUCCESS) {
-    c->blas = NULL;
-    rc = blas_err(s, "cublasCreate");
-    goto fail;
-  }
-  s = cublasSetStream(c->blas, c->stream);
-  if (s == CUBLAS_STATUS_SUCCESS)
-    s = cublasSetWorkspace(c->blas, c->cublas_ws, CUBLAS_WORKSPACE_BYTES);
-  if (s != CUBLAS_STATUS_SUCCESS) {
-    rc = blas_err(s, "cublasSetStream/cublasSetWorkspace");
+    c->lt = NULL;
+    rc = blas_err(s, "cublasLtCreate");
     goto fail;
   }
   *out = c;
@@ -236,15 +270,77 @@ fail:
   return rc;
 }
 
+/* The plan for a GEMM shape: a kept one, or a new one (descriptors and
+ * the heuristic's first algorithm) in the least recently used slot. */
+static int plan_for(cuda_ctx_t *c, int out, int in, int T, int accumulate, lt_plan_t **pp) {
+  lt_plan_t *victim = &c->plans[0];
+  for (int i = 0; i < PLANS; i++) {
+    lt_plan_t *p = &c->plans[i];
+    if (p->used && p->out == out && p->in == in && p->T == T && p->accumulate == accumulate) {
+      p->used = ++c->plan_clock;
+      *pp = p;
+      return 0;
+    }
+    if (p->used < victim->used)
+      victim = p;
+  }
+  lt_plan_t *p = victim;
+  plan_clear(p);
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  cublasStatus_t s = cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, (uint64_t)in, (uint64_t)out, in);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, (uint64_t)in, (uint64_t)T, in);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)out, (uint64_t)T, out);
+  cublasLtMatmulPreference_t pref = NULL;
+  size_t ws = CUBLAS_WORKSPACE_BYTES;
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulPreferenceCreate(&pref);
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                             sizeof ws);
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  if (s == CUBLAS_STATUS_SUCCESS)
+    s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
+  if (pref)
+    cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS || found < 1) {
+    plan_clear(p);
+    return s != CUBLAS_STATUS_SUCCESS
+               ? blas_err(s, "GEMM plan")
+               : ms__fail(MEMSLEEP_EBACKEND,
+                          "compute cuda: cuBLASLt has no algorithm for a %d x %d x %d GEMM", out,
+                          in, T);
+  }
+  p->algo = res.algo;
+  p->out = out;
+  p->in = in;
+  p->T = T;
+  p->accumulate = accumulate;
+  p->used = ++c->plan_clock;
+  *pp = p;
+  return 0;
+}
+
 /* Y[T][out] = X[T][in] . W[out][in]^T (+ Y when beta is 1): bfloat16
- * inputs, float32 output and accumulation. cuBLAS is column-major: there
+ * inputs, float32 output and accumulation. cuBLASLt is column-major: there
  * W is in x out (ld in), X in x T (ld in), Y out x T (ld out). */
 static int gemm(cuda_ctx_t *c, const void *W, const uint16_t *X, float *Y, int out, int in, int T,
                 float beta, const char *what) {
   const float alpha = 1.0f;
-  cublasStatus_t s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, T, in, &alpha, W,
-                                  CUDA_R_16BF, in, X, CUDA_R_16BF, in, &beta, Y, CUDA_R_32F, out,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  lt_plan_t *p = NULL;
+  int rc = plan_for(c, out, in, T, beta != 0.0f, &p);
+  if (rc != 0)
+    return rc;
+  cublasStatus_t s = cublasLtMatmul(c->lt, p->op, &alpha, W, p->a, X, p->b, &beta, Y, p->c, Y, p->c,
+                                    &p->algo, c->cublas_ws, CUBLAS_WORKSPACE_BYTES, c->stream);
   return s == CUBLAS_STATUS_SUCCESS ? 0 : blas_err(s, what);
 }
 
@@ -273,6 +369,7 @@ static int layout_batch(cuda_ctx_t *c, const ms__batch_seq_t *seqs, size_t n, in
   int *tokens = (int *)(void *)(h + il.tokens), *pos = (int *)(void *)(h + il.pos);
   int *tab_off = (int *)(void *)(h + il.tab_off), *sel = (int *)(void *)(h + il.sel);
   uint32_t *tables = (uint32_t *)(void *)(h + il.tables);
+  ms__cuk_sample_t *samp = (ms__cuk_sample_t *)(void *)(h + il.samp);
   int bt = c->kv.block_tokens, T = 0, nsel = 0;
   size_t ntab = 0;
   for (size_t s = 0; s < n; s++) {
@@ -301,9 +398,21 @@ static int layout_batch(cuda_ctx_t *c, const ms__batch_seq_t *seqs, size_t n, in
       pos[T] = p;
       tab_off[T] = (int)ntab;
       slot[T] = (int64_t)sq->block_table[p / bt] * bt + p % bt;
-      if (sq->logits && i >= first) {
+      int last = i == sq->n_tokens - 1;
+      if ((sq->logits && i >= first) || (sq->token && last)) {
         sel[nsel] = T;
-        c->outp[nsel] = sq->logits + (size_t)(sq->all_logits ? i : 0) * cfg->vocab_size;
+        c->outp[nsel] = sq->logits && i >= first
+                            ? sq->logits + (size_t)(sq->all_logits ? i : 0) * cfg->vocab_size
+                            : NULL;
+        c->tokp[nsel] = sq->token && last ? sq->token : NULL;
+        ms__cuk_sample_t sp = {0.0f, 0, 1.0f, 0.0f};
+        if (c->tokp[nsel]) {
+          sp.temperature = sq->temperature;
+          sp.top_k = sq->top_k;
+          sp.top_p = sq->top_p;
+          sp.u = (float)sq->u;
+        }
+        samp[nsel] = sp;
         nsel++;
       }
       T++;
@@ -321,6 +430,10 @@ static int layout_batch(cuda_ctx_t *c, const ms__batch_seq_t *seqs, size_t n, in
 static int copy_logits(cuda_ctx_t *c, int first, int rows) {
   size_t V = (size_t)c->m->cfg.vocab_size;
   for (int r = 0; r < rows;) {
+    if (!c->outp[first + r]) {
+      r++;
+      continue;
+    }
     int run = 1;
     while (r + run < rows && c->outp[first + r + run] == c->outp[first + r] + (size_t)run * V)
       run++;
@@ -370,7 +483,16 @@ static int forward_queue(cuda_ctx_t *c, int T, int nsel) {
        "rmsnorm kernel");
     CB(gemm(c, m->lm_head, c->xh, c->logits, V, H, rows, 0.0f, "lm_head"));
     CB(copy_logits(c, r0, rows));
+    int want_tokens = 0;
+    for (int r = 0; r < rows; r++)
+      want_tokens |= c->tokp[r0 + r] != NULL;
+    if (want_tokens)
+      CK(ms__cuk_sample(c->d_next + r0, c->logits, c->d_samp + r0, rows, V, st), "sampling kernel");
   }
+  if (nsel > 0)
+    CK(cudaMemcpyAsync(c->h_next, c->d_next, sizeof(int) * (size_t)nsel, cudaMemcpyDeviceToHost,
+                       st),
+       "cudaMemcpyAsync (sampled tokens to the host)");
   return 0;
 }
 
@@ -396,11 +518,15 @@ static int cuda_forward(void *ctx, const ms__batch_seq_t *seqs, size_t n) {
   e = cudaStreamSynchronize(c->stream);
   if (rc == 0 && e != cudaSuccess)
     rc = cuda_err(e, "forward pass");
+  for (int i = 0; rc == 0 && i < nsel; i++)
+    if (c->tokp[i])
+      *c->tokp[i] = c->h_next[i];
   return rc;
 }
 
 const ms__compute_ops_t ms__compute_cuda = {
     .name = "cuda",
+    .samples = 1,
     .create = cuda_create,
     .forward = cuda_forward,
     .destroy = cuda_destroy,

@@ -14,8 +14,9 @@
 
 #include "engine/cuda_kernels.h"
 
-#define ATT_WARPS    4
-#define ATT_PER_LANE (MS__CUDA_HEAD_DIM_MAX / 32)
+#define ATT_WARPS      4
+#define SAMPLE_THREADS 512
+#define ATT_PER_LANE   (MS__CUDA_HEAD_DIM_MAX / 32)
 
 static __device__ __forceinline__ float bf2f(uint16_t b) {
   return __uint_as_float((unsigned)b << 16);
@@ -242,5 +243,139 @@ extern "C" cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const fl
   if (blocks == 0)
     return cudaSuccess;
   k_swiglu<<<(unsigned)blocks, 256, 0, stream>>>(out, gate, up, n);
+  return cudaGetLastError();
+}
+
+/* An order-preserving key of a float: a < b exactly when key(a) < key(b). */
+static __device__ __forceinline__ unsigned fkey(float f) {
+  unsigned u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* Over the row: how many keys are >= t (mass 0), or the mass
+ * exp((l - m) / temp) of those whose key is >= t (mass 1). */
+static __device__ float over(const float *l, int V, unsigned t, int mass, float m, float temp) {
+  float s = 0.0f;
+  for (int i = threadIdx.x; i < V; i += blockDim.x)
+    if (fkey(l[i]) >= t)
+      s += mass ? expf((l[i] - m) / temp) : 1.0f;
+  return block_sum(s);
+}
+
+static __global__ void __launch_bounds__(SAMPLE_THREADS)
+    k_sample(int *out, const float *logits, const ms__cuk_sample_t *params, int V) {
+  __shared__ float sm_v[32];
+  __shared__ int sm_i[32];
+  __shared__ float part[SAMPLE_THREADS];
+  __shared__ int owner;
+  __shared__ float rest;
+  const float *l = logits + (size_t)blockIdx.x * V;
+  ms__cuk_sample_t sp = params[blockIdx.x];
+  /* The arg max, lowest id on ties: each thread scans ids upwards. */
+  float bv = -INFINITY;
+  int bi = V;
+  for (int i = threadIdx.x; i < V; i += blockDim.x)
+    if (bi == V || l[i] > bv) {
+      bv = l[i];
+      bi = i;
+    }
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  if (lane == 0) {
+    sm_v[warp] = bv;
+    sm_i[warp] = bi;
+  }
+  __syncthreads();
+  bv = sm_v[0];
+  bi = sm_i[0];
+  for (int w = 1; w < nw; w++)
+    if (sm_v[w] > bv || (sm_v[w] == bv && sm_i[w] < bi)) {
+      bv = sm_v[w];
+      bi = sm_i[w];
+    }
+  if (sp.temperature <= 0.0f || sp.top_k == 1 || !(bv > -INFINITY)) {
+    if (threadIdx.x == 0)
+      out[blockIdx.x] = bi < V ? bi : 0;
+    return;
+  }
+  float m = bv, temp = sp.temperature;
+  /* top_k: the largest threshold keeping at least top_k tokens. */
+  unsigned tk = 0;
+  if (sp.top_k > 0 && sp.top_k < V)
+    for (int bit = 31; bit >= 0; bit--) {
+      unsigned cand = tk | (1u << bit);
+      if (over(l, V, cand, 0, m, temp) >= (float)sp.top_k)
+        tk = cand;
+    }
+  /* top_p: the largest threshold (at least tk) keeping top_p of the mass. */
+  unsigned tp = tk;
+  if (sp.top_p < 1.0f) {
+    float want = sp.top_p * over(l, V, tk, 1, m, temp);
+    unsigned t = 0;
+    for (int bit = 31; bit >= 0; bit--) {
+      unsigned cand = t | (1u << bit);
+      if (over(l, V, cand > tk ? cand : tk, 1, m, temp) >= want)
+        t = cand;
+    }
+    tp = t > tk ? t : tk;
+  }
+  /* The draw: each thread owns a run of ids; the run holding u times the
+   * kept mass is found from the runs' sums, then walked. */
+  int chunk = (V + (int)blockDim.x - 1) / (int)blockDim.x;
+  int lo = threadIdx.x * chunk, hi = lo + chunk < V ? lo + chunk : V;
+  float s = 0.0f;
+  for (int i = lo; i < hi; i++)
+    if (fkey(l[i]) >= tp)
+      s += expf((l[i] - m) / temp);
+  part[threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int w = 0; w < (int)blockDim.x; w++)
+      total += part[w];
+    float target = sp.u * total, acc = 0.0f;
+    owner = -1;
+    for (int w = 0; w < (int)blockDim.x; w++) {
+      if (part[w] > 0.0f && target < acc + part[w]) {
+        owner = w;
+        rest = target - acc;
+        break;
+      }
+      acc += part[w];
+    }
+    if (owner < 0) /* rounding: the last run that keeps anything */
+      for (int w = (int)blockDim.x - 1; w >= 0 && owner < 0; w--)
+        if (part[w] > 0.0f) {
+          owner = w;
+          rest = part[w];
+        }
+  }
+  __syncthreads();
+  if ((int)threadIdx.x == owner) {
+    float acc = 0.0f;
+    int pick = -1;
+    for (int i = lo; i < hi; i++)
+      if (fkey(l[i]) >= tp) {
+        pick = i;
+        acc += expf((l[i] - m) / temp);
+        if (rest < acc)
+          break;
+      }
+    out[blockIdx.x] = pick;
+  }
+}
+
+extern "C" cudaError_t ms__cuk_sample(int *out, const float *logits, const ms__cuk_sample_t *params,
+                                      int rows, int vocab, cudaStream_t stream) {
+  if (rows <= 0)
+    return cudaSuccess;
+  k_sample<<<rows, SAMPLE_THREADS, 0, stream>>>(out, logits, params, vocab);
   return cudaGetLastError();
 }

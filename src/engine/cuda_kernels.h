@@ -3,7 +3,8 @@
  *
  * Everything the CUDA backend (compute_cuda.c) computes outside cuBLAS:
  * the embedding lookup, RMSNorm, RoPE with the new keys and values stored
- * into the paged KV pool, attention over that pool, and SwiGLU. Weights
+ * into the paged KV pool, attention over that pool, SwiGLU, and sampling
+ * the next token from a logits row. Weights
  * and the KV pool are bfloat16 (passed as uint16_t bit patterns: C has no
  * bfloat16 type), activations float32, and every sum is accumulated in
  * float32. Each launcher queues its kernel on stream and returns the
@@ -57,6 +58,24 @@ cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_p
 /* out[i] = bf16(silu(gate[i]) * up[i]) for i < n. */
 cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const float *up, size_t n,
                            cudaStream_t stream);
+
+/* How a row's next token is drawn (see ms__cuk_sample). */
+typedef struct ms__cuk_sample {
+  float temperature; /* <= 0: greedy */
+  int top_k;         /* keep the k most likely (0: all); 1: greedy */
+  float top_p;       /* then the smallest head with this share of the mass (1: all) */
+  float u;           /* the request's uniform draw in [0, 1) */
+} ms__cuk_sample_t;
+
+/* For r < rows: out[r] = the token drawn from logits row r ([rows][vocab],
+ * float32) as params[r] says. Greedy is the arg max, lowest id on ties (as
+ * the CPU sampler). Otherwise probabilities are softmax(logits /
+ * temperature); the top_k and top_p cuts are thresholds on the logit, so
+ * tokens tied with the last one kept are all kept; u times the kept mass
+ * picks a token walking the kept ones in id order. Every sum runs in a
+ * fixed order: the same row and u give the same token. */
+cudaError_t ms__cuk_sample(int *out, const float *logits, const ms__cuk_sample_t *params, int rows,
+                           int vocab, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -72,7 +72,9 @@ struct ms__engine {
   int max_tokens;                   /* new tokens per forward pass at most */
   size_t max_queue;                 /* waiting requests at most */
   int prefix_cache;                 /* prefix cache on */
-  float *logits;                    /* [max_batch][vocab] (tag "workspace") */
+  float *logits;                    /* [max_batch][vocab] (tag "workspace"); NULL when the
+                                       backend samples */
+  int *next_tok;                    /* [max_batch] tokens the backend sampled */
   ms__batch_seq_t *batch;           /* [max_batch] this step's batch (heap) */
   request_t **batch_req;            /* [max_batch] request of each batch entry (heap) */
   int *ended;                       /* [max_batch] finish reason of each entry, or -1 (heap) */
@@ -286,8 +288,20 @@ static void run_step(ms__engine_t *e) {
       b->n_tokens = n;
       b->start_pos = r->n_done;
       b->block_table = r->blocks;
-      b->logits = r->n_done + n == known ? e->logits + nb * (size_t)e->vocab : NULL;
+      int last = r->n_done + n == known;
       b->all_logits = 0;
+      b->logits = NULL;
+      b->token = NULL;
+      if (last && e->ops->samples) {
+        /* The backend samples: one draw per sampled token, as below. */
+        b->token = &e->next_tok[nb];
+        b->temperature = r->sp.temperature;
+        b->top_k = r->sp.top_k;
+        b->top_p = r->sp.top_p;
+        b->u = r->sp.temperature > 0.0f && r->sp.top_k != 1 ? ms__rng_uniform(&r->rng) : 0.0;
+      } else if (last) {
+        b->logits = e->logits + nb * (size_t)e->vocab;
+      }
       e->batch_req[nb++] = r;
     }
   int rc = e->ops->forward(e->cctx, e->batch, nb);
@@ -320,10 +334,11 @@ static void run_step(ms__engine_t *e) {
     r->n_done += b->n_tokens;
     ended[k] = -1;
     prompt_done[k] = was_prefill && r->n_done >= r->n_prompt;
-    if (!b->logits)
+    if (!b->logits && !b->token)
       continue;
-    int tok = ms__sample(&e->sampler, b->logits, e->vocab, r->sp.temperature, r->sp.top_k,
-                         r->sp.top_p, &r->rng);
+    int tok = b->token ? *b->token
+                       : ms__sample(&e->sampler, b->logits, e->vocab, r->sp.temperature,
+                                    r->sp.top_k, r->sp.top_p, &r->rng);
     r->tokens[r->n_prompt + r->n_gen++] = tok;
     sampled++;
     if (r->cb.on_token)
@@ -432,6 +447,7 @@ static void engine_free(ms__engine_t *e) {
   free(e->batch_req);
   free(e->ended);
   free(e->prompt_done);
+  free(e->next_tok);
   free(e->running);
   if (e->model_loaded)
     ms__model_free(&e->model);
@@ -494,7 +510,9 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
                      nblocks, opt->device);
   if (rc == 0)
     rc = ms__sampler_init(&e->sampler, e->vocab);
-  if (rc == 0)
+  e->ops = ms__compute_for(opt->device);
+  /* Logits come to the host only for a backend that does not sample. */
+  if (rc == 0 && !e->ops->samples)
     rc =
         memsleep_alloc((void **)&e->logits, sizeof(float) * (size_t)e->max_batch * (size_t)e->vocab,
                        MEMSLEEP_HOST, "workspace", 0);
@@ -504,11 +522,11 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
     e->running = calloc((size_t)e->max_batch, sizeof *e->running);
     e->ended = calloc((size_t)e->max_batch, sizeof *e->ended);
     e->prompt_done = calloc((size_t)e->max_batch, sizeof *e->prompt_done);
-    if (!e->batch || !e->batch_req || !e->running || !e->ended || !e->prompt_done)
+    e->next_tok = calloc((size_t)e->max_batch, sizeof *e->next_tok);
+    if (!e->batch || !e->batch_req || !e->running || !e->ended || !e->prompt_done || !e->next_tok)
       rc = ms__fail(MEMSLEEP_ENOMEM, "engine: batch tables for %d requests", e->max_batch);
   }
   if (rc == 0) {
-    e->ops = ms__compute_for(opt->device);
     rc = e->ops->create(&e->model, &e->kv.layout, opt->threads, e->max_tokens, e->max_context,
                         &e->cctx);
   }

@@ -17,6 +17,10 @@
  *    resumed, and the same request must give the same tokens.
  * 3. Batch. The same request among 15 others, all submitted at once, must
  *    give the same tokens as alone.
+ * 4. Sampling on the device. Greedy picks the CPU sampler's token on the
+ *    same logits; a top_k/top_p draw picks a token the CPU sampler keeps,
+ *    the same for the same draw; a seeded request gives the same tokens
+ *    twice and in a batch (and not the greedy ones).
  *
  * Plain C (no test framework, as the other GPU programs): exits 0 (pass),
  * 1 (fail) or 77 (skipped: no usable CUDA device), with a table last.
@@ -34,6 +38,7 @@
 #include "engine/engine.h"
 #include "engine/kvcache.h"
 #include "engine/model.h"
+#include "engine/sampler.h"
 #include "memsleep/memsleep.h"
 
 /* bf16 activations (GEMM inputs, the KV cache) against float32: measured
@@ -237,11 +242,22 @@ static void req_wait(req_t *r) {
   pthread_mutex_destroy(&r->mu);
 }
 
+/* The sampling of the requests: greedy, or (g_seeded) temperature 0.8,
+ * top_k 50, top_p 0.9 with seed 1234. */
+static int g_seeded;
+
 static int submit(ms__engine_t *e, const int *p, size_t n, req_t *r) {
   ms__sampling_t sp;
   ms__sampling_default(&sp);
   sp.max_new_tokens = GEN_TOKENS;
   sp.ignore_eos = 1;
+  if (g_seeded) {
+    sp.temperature = 0.8f;
+    sp.top_k = 50;
+    sp.top_p = 0.9f;
+    sp.seed = 1234;
+    sp.has_seed = 1;
+  }
   req_init(r);
   ms__request_cb_t cb = {on_token, on_finish, r};
   return ms__engine_submit(e, p, n, &sp, &cb, NULL);
@@ -321,7 +337,8 @@ static int in_batch(ms__engine_t *e, const int *p, size_t n, int V, int *out) {
   return 0;
 }
 
-static int engine_checks(const char *dir, int *subsets_same, int *batch_same, int *cpu_agree) {
+static int engine_checks(const char *dir, int *subsets_same, int *batch_same, int *cpu_agree,
+                         int *seeded_same, int *seeded_differs) {
   ms__engine_options_t o;
   memset(&o, 0, sizeof o);
   o.model_dir = dir;
@@ -357,7 +374,99 @@ static int engine_checks(const char *dir, int *subsets_same, int *batch_same, in
       g_failed = 1;
     }
   }
+  /* Seeded sampling on the device: the same request twice, and among 15
+   * others, gives the same tokens. */
+  if (rc == 0) {
+    int s1[GEN_TOKENS], s2[GEN_TOKENS], s3[GEN_TOKENS];
+    g_seeded = 1;
+    rc = generate(e, p, 19, s1);
+    if (rc == 0)
+      rc = generate(e, p, 19, s2);
+    if (rc == 0)
+      rc = in_batch(e, p, 19, ms__engine_model(e)->cfg.vocab_size, s3);
+    g_seeded = 0;
+    if (rc == 0) {
+      *seeded_same = memcmp(s1, s2, sizeof s1) == 0 && memcmp(s1, s3, sizeof s1) == 0;
+      *seeded_differs = memcmp(s1, alone, sizeof s1) != 0;
+      if (!*seeded_same || !*seeded_differs) {
+        print_tokens("seeded 1", s1);
+        print_tokens("seeded 2", s2);
+        print_tokens("seeded in batch", s3);
+        g_failed = 1;
+      }
+    }
+  }
   ms__engine_destroy(e);
+  return rc;
+}
+
+/* Sampling on the device against the CPU sampler on the same logits (the
+ * GPU's, brought back in the same pass): greedy picks the same token; a
+ * top_k 20 / top_p 0.9 draw picks one the CPU sampler keeps (among the 20
+ * best) and the same one again for the same draw. Counts rows checked and
+ * rows that passed. */
+static int sample_checks(const char *dir, int *rows, int *ok) {
+  side_t gpu;
+  if (side_open(&gpu, dir, 0, 64, 256) != 0) {
+    side_close(&gpu);
+    return -1;
+  }
+  int V = gpu.m.cfg.vocab_size, rc = 0;
+  float *lg = malloc(sizeof(float) * 2 * (size_t)V);
+  ms__sampler_t smp;
+  ms__sampler_init(&smp, V);
+  int ta[40], tb[40];
+  for (int i = 0; i < 40; i++) {
+    ta[i] = (i * 41 + 3) % V;
+    tb[i] = (i * 17 + 9) % V;
+  }
+  uint32_t blk_a[3] = {0, 1, 2}, blk_b[3] = {10, 8, 6};
+  *rows = *ok = 0;
+  for (int trial = 0; trial < 8 && rc == 0; trial++) {
+    int tok[2] = {-1, -1}, again[2] = {-1, -1};
+    ms__batch_seq_t b[2];
+    memset(b, 0, sizeof b);
+    int n = 9 + trial * 3;
+    b[0] = (ms__batch_seq_t){.tokens = ta, .n_tokens = n, .block_table = blk_a, .logits = lg};
+    b[1] =
+        (ms__batch_seq_t){.tokens = tb, .n_tokens = n + 1, .block_table = blk_b, .logits = lg + V};
+    int greedy = trial % 2 == 0;
+    for (int k = 0; k < 2; k++) {
+      b[k].token = &tok[k];
+      b[k].temperature = greedy ? 0.0f : 0.8f;
+      b[k].top_k = greedy ? 0 : 20;
+      b[k].top_p = greedy ? 1.0f : 0.9f;
+      b[k].u = 0.1 * trial + 0.3 * k;
+    }
+    rc = gpu.ops->forward(gpu.ctx, b, 2);
+    if (rc == 0 && !greedy) {
+      b[0].token = &again[0];
+      b[1].token = &again[1];
+      b[0].logits = b[1].logits = NULL;
+      rc = gpu.ops->forward(gpu.ctx, b, 2);
+    }
+    for (int k = 0; k < 2 && rc == 0; k++) {
+      const float *row = lg + (size_t)k * V;
+      int good;
+      if (greedy) {
+        good = tok[k] == ms__sample(&smp, row, V, 0.0f, 0, 1.0f, NULL);
+      } else {
+        int better = 0;
+        for (int j = 0; j < V; j++)
+          better += row[j] > row[tok[k] >= 0 && tok[k] < V ? tok[k] : 0];
+        good = tok[k] >= 0 && tok[k] < V && better < 20 && again[k] == tok[k];
+      }
+      if (!good)
+        fprintf(stderr, "  device sampling row %d trial %d: token %d (again %d) %s\n", k, trial,
+                tok[k], again[k], greedy ? "is not the CPU's greedy token" : "not kept or moved");
+      (*rows)++;
+      *ok += good;
+    }
+  }
+  CHECK(rc == 0, "forward with sampling");
+  ms__sampler_free(&smp);
+  free(lg);
+  side_close(&gpu);
   return rc;
 }
 
@@ -414,8 +523,13 @@ int main(void) {
     if (!models[i].ok)
       g_failed = 1;
   }
-  int subsets = -1, batch_same = 0, cpu_agree = 0;
-  int erc = engine_checks(models[1].dir, &subsets, &batch_same, &cpu_agree);
+  int subsets = -1, batch_same = 0, cpu_agree = 0, seeded_same = 0, seeded_differs = 0;
+  int erc = engine_checks(models[1].dir, &subsets, &batch_same, &cpu_agree, &seeded_same,
+                          &seeded_differs);
+  int srows = 0, sok = 0;
+  int src = sample_checks(models[1].dir, &srows, &sok);
+  if (src != 0 || sok != srows || srows == 0)
+    g_failed = 1;
 
   printf("\n%-18s %-20s %6s %12s %14s %8s\n", "model", "architecture", "rows", "rel. error",
          "argmax same", "result");
@@ -431,7 +545,13 @@ int main(void) {
          erc == 0 && batch_same ? "PASS" : "FAIL");
   printf("%-50s %d of %d\n", "greedy tokens equal to the CPU engine's (leading)", cpu_agree,
          GEN_TOKENS);
-  if (erc != 0 || subsets != 7 || !batch_same)
+  printf("%-50s %s (%d of %d rows)\n", "device sampling = CPU sampler on the same logits",
+         src == 0 && sok == srows && srows > 0 ? "PASS" : "FAIL", sok, srows);
+  printf("%-50s %s\n", "seeded sampling: twice and in a batch, same tokens",
+         erc == 0 && seeded_same ? "PASS" : "FAIL");
+  printf("%-50s %s\n", "seeded sampling differs from greedy",
+         erc == 0 && seeded_differs ? "PASS" : "FAIL");
+  if (erc != 0 || subsets != 7 || !batch_same || !seeded_same || !seeded_differs)
     g_failed = 1;
   for (size_t i = 0; i < nm; i++) {
     char cmd[300];

@@ -95,6 +95,11 @@ if pkg-config --exists jansson libmicrohttpd libcurl 2>/dev/null; then
      cmake --build "$build-engine" -j"$jobs" --target engine_gpu_test memsleep-serve \
        >"$log_dir/engine-build.log" 2>&1; then
     run engine_gpu_vs_cpu "$build-engine/tests/gpu/engine_gpu_test"
+    # After releasing every tag, the engine's process against a bare one.
+    cmake --build "$build-engine" -j"$jobs" --target engine_residual_test memsleep-probe \
+      >>"$log_dir/engine-build.log" 2>&1
+    run engine_residual "$build-engine/tests/gpu/engine_residual_test" \
+      "$build-engine/tools/memsleep-probe"
   else
     tail -n 40 "$log_dir/engine-configure.log" "$log_dir/engine-build.log" 2>/dev/null
     names+=("engine_gpu_vs_cpu")
