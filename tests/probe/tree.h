@@ -283,7 +283,9 @@ static inline void test_cli_finish(test_cli_t *r) {
   assert_int_equal(waitpid(r->pid, &status, 0), r->pid);
   r->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   r->stdout_text = tree_slurp(r->out);
+  r->out = NULL; /* closed by tree_slurp */
   r->stderr_text = tree_slurp(r->err);
+  r->err = NULL;
   if (r->status == 127)
     fail_msg("could not run the CLI");
   /* A sanitizer report in the CLI exits 1, which a gate test could take for "above". */
