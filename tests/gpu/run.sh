@@ -11,7 +11,8 @@
 #   tests/gpu/run.sh [--bench] [BUILD_DIR]      (default: build-gpu)
 #
 # --bench (or MEMSLEEP_GPU_BENCH=1) also runs the GPU sleep/wake benchmark
-# after the tests. MEMSLEEP_GPU_ONLY="name ..." runs only the entries named. Each entry runs under a time limit of
+# after the tests, and bench/gpu_serving.py (decode throughput against
+# transformers, sleep/wake over HTTP) on the engine build. MEMSLEEP_GPU_ONLY="name ..." runs only the entries named. Each entry runs under a time limit of
 # MEMSLEEP_GPU_TEST_TIMEOUT seconds (default 300). Exit codes: 0 pass,
 # 77 skipped (no GPU, too few GPUs, no torch), anything else a failure.
 set -uo pipefail
@@ -93,13 +94,41 @@ if pkg-config --exists jansson libmicrohttpd libcurl 2>/dev/null; then
        -DMEMSLEEP_BUILD_SERVER=ON -DMEMSLEEP_GPU_TESTS=ON -DMEMSLEEP_BUILD_BENCH=OFF \
        -DMEMSLEEP_CUDA_ENGINE=ON >"$log_dir/engine-configure.log" 2>&1 &&
      cmake --build "$build-engine" -j"$jobs" --target engine_gpu_test memsleep-serve \
-       >"$log_dir/engine-build.log" 2>&1; then
+       memsleep-mkmodel engine_gpu_dump >"$log_dir/engine-build.log" 2>&1; then
     run engine_gpu_vs_cpu "$build-engine/tests/gpu/engine_gpu_test"
     # After releasing every tag, the engine's process against a bare one.
     cmake --build "$build-engine" -j"$jobs" --target engine_residual_test memsleep-probe \
       >>"$log_dir/engine-build.log" 2>&1
     run engine_residual "$build-engine/tests/gpu/engine_residual_test" \
       "$build-engine/tools/memsleep-probe"
+    # The GPU engine's logits against transformers in bf16 (and float32) on
+    # the same GPU, for each architecture memsleep-mkmodel makes.
+    run engine_hf_logits_bf16 python3 tests/gpu/hf_compare.py gpu \
+      --mkmodel "$build-engine/tools/memsleep-mkmodel" \
+      --dump "$build-engine/tests/gpu/engine_gpu_dump" --workdir "$build-engine/hf-bf16"
+    # The server's rules (control plane: the fourteen sleep/wake rules) and
+    # its HTTP behaviour, against a server on the GPU.
+    serve_args=(--serve "$build-engine/src/server/memsleep-serve"
+                --mkmodel "$build-engine/tools/memsleep-mkmodel")
+    run integration_control_gpu env MEMSLEEP_TEST_SERVE_ARGS="--device cuda:0" \
+      python3 tests/integration/test_control.py "${serve_args[@]}"
+    # memsleepctl (libcurl) may not link where libcurl's own dependencies are
+    # missing; it runs no GPU code, so its tests (class Ctl) are left out then.
+    ctl_tests=()
+    if ! cmake --build "$build-engine" -j"$jobs" --target memsleepctl \
+         >>"$log_dir/engine-build.log" 2>&1; then
+      echo "== integration_server_gpu: memsleepctl did not build, its tests (Ctl) left out"
+      mapfile -t ctl_tests < <(grep -oP '^class \K\w+(?=\(unittest\.TestCase\))' \
+        tests/integration/test_server.py | grep -vx Ctl)
+    fi
+    run integration_server_gpu env MEMSLEEP_TEST_SERVE_ARGS="--device cuda:0" \
+      python3 tests/integration/test_server.py "${serve_args[@]}" \
+      --ctl "$build-engine/tools/memsleepctl" "${ctl_tests[@]}"
+    if [ "$bench" = 1 ]; then
+      # Decode throughput against transformers, and sleep/wake over HTTP
+      # against a pinned copy (bench/gpu_serving.py; docs/PERFORMANCE.md).
+      run bench_gpu_serving python3 bench/gpu_serving.py --build "$build-engine"
+    fi
   else
     tail -n 40 "$log_dir/engine-configure.log" "$log_dir/engine-build.log" 2>/dev/null
     names+=("engine_gpu_vs_cpu")

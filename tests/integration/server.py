@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -23,11 +24,15 @@ class ServerProcess:
     """memsleep-serve running in the background on 127.0.0.1."""
 
     def __init__(self, serve, model_dir, *args, start_timeout_s=120, env=None):
-        """env: variables to add to the server's environment (keys)."""
+        """env: variables to add to the server's environment (keys).
+        MEMSLEEP_TEST_SERVE_ARGS (shell words, e.g. "--device cuda:0") is
+        put before args, so every test's server runs with it and a test's
+        own options still come last."""
+        extra = shlex.split(os.environ.get("MEMSLEEP_TEST_SERVE_ARGS", ""))
         self.log = tempfile.NamedTemporaryFile(prefix="memsleep-serve-", suffix=".log",
                                                delete=False)
         self.proc = subprocess.Popen(
-            [serve, "--model", model_dir, "--host", "127.0.0.1", "--port", "0", *args],
+            [serve, "--model", model_dir, "--host", "127.0.0.1", "--port", "0", *extra, *args],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
             env=dict(os.environ, **(env or {})))
         self.port = None
