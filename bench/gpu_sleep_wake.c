@@ -497,8 +497,7 @@ int main(int argc, char **argv) {
   {
     double um = 0, mp = 0;
     raw_vmm(device, one_bytes, one_bytes, cycles, &um, &mp);
-    printf("  raw driver, one piece: unmap %.2f ms, map right after %.2f ms\n", um * 1e3,
-           mp * 1e3);
+    printf("  raw driver, one piece: unmap %.2f ms, map right after %.2f ms\n", um * 1e3, mp * 1e3);
     add_row("raw driver, 1 piece: unmap (median)", one_bytes, um, -1, "baseline", -1);
     add_row("raw driver, 1 piece: map (median)", one_bytes, mp, -1, "baseline", -1);
     raw_vmm(device, one_bytes, GIB, cycles, &um, &mp);

@@ -74,7 +74,8 @@ def main():
     kv_each = int(args.kv_gib * GIB) // args.kv_tensors // (2 << 20) * (2 << 20)
     w_bytes, kv_bytes = w_each * args.weight_tensors, kv_each * args.kv_tensors
     print("%s, torch %s, hook mode %s, libmemsleep %s" % (
-        torch.cuda.get_device_name(), torch.__version__, mt.hook_mode(), memsleep.library_path()))
+        torch.cuda.get_device_name(), torch.__version__, mt.hook_mode(),
+        memsleep.core_library_path()))
     print("weights: %d x %d MiB with backup (%.1f GiB); kv_cache: %d x %d MiB without (%.1f GiB)"
           % (args.weight_tensors, w_each >> 20, w_bytes / GIB, args.kv_tensors, kv_each >> 20,
              kv_bytes / GIB))

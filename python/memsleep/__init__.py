@@ -32,7 +32,7 @@ __all__ = [
     "HOST", "BACKUP", "ZERO", "RELEASE_NO_BACKUP", "TAG_MAX", "EINVAL", "ENOMEM", "ESTATE",
     "ENOTFOUND", "EBACKEND", "EUNAVAIL", "MemsleepError", "LibraryNotFoundError", "Stats",
     "Region", "Allocation", "region", "current_region", "alloc", "free", "release", "resume",
-    "is_asleep", "stats", "measure", "tags", "owns", "keep_backups", "library_path",
+    "is_asleep", "stats", "measure", "tags", "owns", "keep_backups", "core_library_path",
     "preload_library_path", "subprocess_env", "configure_subprocess",
 ]
 
@@ -244,7 +244,7 @@ def keep_backups(keep=None):
     return _lib.get().call("memsleep_keep_backups", -1 if keep is None else int(bool(keep))) == 1
 
 
-def library_path():
+def core_library_path():
     """Path of the libmemsleep this process uses (the interposer's path
     when the core was reached through it)."""
     return _lib.get().path

@@ -17,8 +17,8 @@
  * is finished before memsleep unmaps or frees it. Every driver error comes
  * back as a code and a message naming the call; nothing here exits.
  */
-#include <pthread.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -32,8 +32,8 @@
 #include "cuda_pin.h"
 #include "memsleep/memsleep.h"
 
-#define MS__CU_DEVICES_MAX 64
-#define MS__CU_STREAMS_MAX 16
+#define MS__CU_DEVICES_MAX     64
+#define MS__CU_STREAMS_MAX     16
 #define MS__CU_STREAMS_DEFAULT 4
 /* Copies are cut in pieces of this size so several streams share them. */
 #define MS__CU_PIECE ((size_t)64 << 20)
@@ -81,8 +81,8 @@ static int ms__cu_setup_device(int device, ms__cu_dev_t *d) {
   r = ms__cu.MemGetAllocationGranularity(&d->gran, &prop, MS__CU_GRANULARITY_MINIMUM);
   if (r != MS__CU_SUCCESS || d->gran == 0)
     rc = ms__cu_fail(r, "cuMemGetAllocationGranularity(device %d)", device);
-  d->nstreams = (int)ms__cu_env_long("MEMSLEEP_CUDA_STREAMS", MS__CU_STREAMS_DEFAULT, 1,
-                                     MS__CU_STREAMS_MAX);
+  d->nstreams =
+      (int)ms__cu_env_long("MEMSLEEP_CUDA_STREAMS", MS__CU_STREAMS_DEFAULT, 1, MS__CU_STREAMS_MAX);
   for (int i = 0; rc == 0 && i < d->nstreams; i++) {
     r = ms__cu.StreamCreate(&d->streams[i], MS__CU_STREAM_NON_BLOCKING);
     if (r != MS__CU_SUCCESS)
@@ -130,8 +130,8 @@ static int ms__cu_init(int device) {
     if (r != MS__CU_SUCCESS)
       rc = ms__cu_fail(r, "cuDeviceGetCount");
     else if (device >= count)
-      rc = ms__fail(MEMSLEEP_EINVAL, "device %d: this process sees %d CUDA device%s", device,
-                    count, count == 1 ? "" : "s");
+      rc = ms__fail(MEMSLEEP_EINVAL, "device %d: this process sees %d CUDA device%s", device, count,
+                    count == 1 ? "" : "s");
     else
       rc = ms__cu_setup_device(device, d);
     if (rc == 0)
@@ -333,8 +333,7 @@ static int ms__cu_backup_alloc(int device, size_t size, void **host) {
     }
     p = ms__pin_fault(size);
     if (p == NULL)
-      return ms__fail(MEMSLEEP_ENOMEM, "mmap(%zu bytes of host memory for a backup) failed",
-                      size);
+      return ms__fail(MEMSLEEP_ENOMEM, "mmap(%zu bytes of host memory for a backup) failed", size);
     int rc = ms__cu_enter(d, device);
     if (rc == 0) {
       CUresult r = ms__cu.MemHostRegister(p, ms__pin_round(size), MS__CU_HOST_PORTABLE);
@@ -382,10 +381,10 @@ static int ms__cu_copy(int device, void *dst, const void *src, size_t size, int 
   for (size_t off = 0; rc == 0 && off < size; off += MS__CU_PIECE) {
     size_t n = size - off < MS__CU_PIECE ? size - off : MS__CU_PIECE;
     CUstream s = ms__cu_stream(d);
-    CUresult r = out ? ms__cu.MemcpyDtoHAsync((char *)dst + off,
-                                              (CUdeviceptr)(uintptr_t)src + off, n, s)
-                     : ms__cu.MemcpyHtoDAsync((CUdeviceptr)(uintptr_t)dst + off,
-                                              (const char *)src + off, n, s);
+    CUresult r =
+        out ? ms__cu.MemcpyDtoHAsync((char *)dst + off, (CUdeviceptr)(uintptr_t)src + off, n, s)
+            : ms__cu.MemcpyHtoDAsync((CUdeviceptr)(uintptr_t)dst + off, (const char *)src + off, n,
+                                     s);
     if (r != MS__CU_SUCCESS)
       rc = ms__cu_fail(r, "%s(%zu bytes at offset %zu, device %d)",
                        out ? "cuMemcpyDtoHAsync" : "cuMemcpyHtoDAsync", n, off, device);

@@ -25,9 +25,9 @@ ms__cu_api_t ms__cu;
 #define MS__CU_ABI 12000
 
 typedef CUresult (*ms__cu_getproc_v2_t)(const char *symbol, void **pfn, int version,
-                                       unsigned long long flags, int *status);
+                                        unsigned long long flags, int *status);
 typedef CUresult (*ms__cu_getproc_v1_t)(const char *symbol, void **pfn, int version,
-                                       unsigned long long flags);
+                                        unsigned long long flags);
 
 static pthread_once_t ms__cu_once = PTHREAD_ONCE_INIT;
 static int ms__cu_rc = MEMSLEEP_EUNAVAIL;

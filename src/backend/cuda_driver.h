@@ -27,7 +27,7 @@ typedef struct ms__cu_location {
 } ms__cu_location_t;
 
 typedef struct ms__cu_alloc_prop {
-  int type;                 /* MS__CU_ALLOCATION_PINNED */
+  int type; /* MS__CU_ALLOCATION_PINNED */
   int requested_handle_types;
   ms__cu_location_t location;
   void *win32_handle_meta_data;

@@ -18,9 +18,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define MS__PIN_WORKERS_MAX 16
+#define MS__PIN_WORKERS_MAX    16
 #define MS__PIN_REGISTRARS_MAX 4
-#define MS__PIN_ALIGN ((size_t)2 << 20)
+#define MS__PIN_ALIGN          ((size_t)2 << 20)
 
 enum { MS__PIN_PENDING, MS__PIN_FAULTED, MS__PIN_READY, MS__PIN_FAILED, MS__PIN_TAKEN };
 
@@ -43,7 +43,7 @@ struct ms__pin_job {
   pthread_t registrars[MS__PIN_REGISTRARS_MAX];
   size_t nregistrars;
   size_t want_registrars; /* buffer i is registered by thread i % want_registrars */
-  size_t next_registrar; /* the id the next registrar thread takes */
+  size_t next_registrar;  /* the id the next registrar thread takes */
 };
 
 size_t ms__pin_round(size_t size) {
@@ -61,8 +61,8 @@ static int ms__pin_thp(void) {
 
 /* Maps n bytes (a multiple of MS__PIN_ALIGN) aligned to MS__PIN_ALIGN. */
 static char *ms__pin_map(size_t n) {
-  char *raw = mmap(NULL, n + MS__PIN_ALIGN, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  char *raw =
+      mmap(NULL, n + MS__PIN_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED)
     return NULL;
   uintptr_t at = ((uintptr_t)raw + MS__PIN_ALIGN - 1) / MS__PIN_ALIGN * MS__PIN_ALIGN;
@@ -118,8 +118,8 @@ static void *ms__pin_registrar(void *arg) {
       continue;
     pthread_mutex_unlock(&j->mu);
     size_t n = ms__pin_round(j->sizes[i]);
-    int ok = entered && ms__cu.MemHostRegister(j->bufs[i], n, MS__CU_HOST_PORTABLE) ==
-                            MS__CU_SUCCESS;
+    int ok =
+        entered && ms__cu.MemHostRegister(j->bufs[i], n, MS__CU_HOST_PORTABLE) == MS__CU_SUCCESS;
     pthread_mutex_lock(&j->mu);
     j->state[i] = ok ? MS__PIN_READY : MS__PIN_FAILED;
     pthread_cond_broadcast(&j->cv);
@@ -181,8 +181,8 @@ ms__pin_job_t *ms__pin_start(int device, CUcontext ctx, const size_t *sizes, siz
   for (size_t w = 0; w < want; w++)
     if (pthread_create(&j->workers[j->nworkers], NULL, ms__pin_worker, j) == 0)
       j->nworkers++;
-  j->want_registrars = (size_t)ms__cu_env_long("MEMSLEEP_CUDA_PIN_REGISTRARS", 2, 1,
-                                            MS__PIN_REGISTRARS_MAX);
+  j->want_registrars =
+      (size_t)ms__cu_env_long("MEMSLEEP_CUDA_PIN_REGISTRARS", 2, 1, MS__PIN_REGISTRARS_MAX);
   for (size_t r = 0; j->nworkers > 0 && r < j->want_registrars; r++)
     if (pthread_create(&j->registrars[j->nregistrars], NULL, ms__pin_registrar, j) == 0)
       j->nregistrars++;

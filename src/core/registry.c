@@ -74,8 +74,9 @@ static int ms__block_place(ms__tag_t *t, ms__alloc_t *a, ms__block_t *b, size_t 
   b->ptr = (char *)a->va + off;
   int rc = ms__ptrmap_put(&ms__g.by_address, b->ptr, b);
   if (rc != 0)
-    return ms__fail(rc, "memsleep_alloc(%zu bytes, tag \"%s\"): out of host memory for the "
-                        "registry",
+    return ms__fail(rc,
+                    "memsleep_alloc(%zu bytes, tag \"%s\"): out of host memory for the "
+                    "registry",
                     b->size, t->name);
   a->nblocks++;
   t->stats.allocations++;

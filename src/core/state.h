@@ -47,24 +47,24 @@ typedef struct ms__range {
  * in a unit (an ms__alloc_t), alone (the unit's own block) or carved out of
  * a slab with other small blocks of the same tag, policy and device. */
 typedef struct ms__block {
-  void *ptr;          /* address handed to the user */
-  size_t size;        /* bytes the user asked for */
-  size_t span;        /* bytes it takes in its unit (aligned size) */
-  ms__alloc_t *unit;  /* the mapping it lives in */
+  void *ptr;         /* address handed to the user */
+  size_t size;       /* bytes the user asked for */
+  size_t span;       /* bytes it takes in its unit (aligned size) */
+  ms__alloc_t *unit; /* the mapping it lives in */
 } ms__block_t;
 
 /* A unit of mapping: one reserved range that release unmaps and resume
  * maps as a whole. It serves one large allocation, or (slab) many small
  * ones, so that the cost of a release does not grow with their number. */
 struct ms__alloc {
-  void *va;                /* start of the range; fixed for life */
-  size_t size;             /* bytes whose contents matter (copied to a backup) */
-  size_t reserved;         /* size rounded up to the backend granularity */
-  int slab;                /* 1: shared by small blocks; 0: one block */
-  size_t nblocks;          /* live blocks in it */
-  ms__block_t own;         /* the block of a unit that is not a slab */
-  ms__range_t *free_list;  /* slab: its free ranges, by offset */
-  size_t free_bytes;       /* slab: sum of those */
+  void *va;                    /* start of the range; fixed for life */
+  size_t size;                 /* bytes whose contents matter (copied to a backup) */
+  size_t reserved;             /* size rounded up to the backend granularity */
+  int slab;                    /* 1: shared by small blocks; 0: one block */
+  size_t nblocks;              /* live blocks in it */
+  ms__block_t own;             /* the block of a unit that is not a slab */
+  ms__range_t *free_list;      /* slab: its free ranges, by offset */
+  size_t free_bytes;           /* slab: sum of those */
   struct ms__alloc *room_prev; /* slab: neighbours in the tag's slabs with room */
   struct ms__alloc *room_next;
   int in_room;             /* slab: on that list */

@@ -110,8 +110,8 @@ static void ms__dflt_load(void) {
     /* Validate the name the way the core does, without allocating. */
     for (size_t i = 0; ok && i < n; i++) {
       char c = spec[i];
-      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '.' || c == '-';
+      ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
     }
   }
   if (!ok) {
@@ -192,9 +192,10 @@ MS__EXPORT void *memsleep_torch_malloc(ssize_t size, int device, void *stream) {
   if (size <= 0)
     return NULL;
   if (!ms__region(tag, &flags)) {
-    fprintf(stderr, "memsleep: memsleep_torch_malloc(%zd bytes) outside any region: use the "
-                    "allocator only inside memsleep regions\n",
-                    size);
+    fprintf(stderr,
+            "memsleep: memsleep_torch_malloc(%zd bytes) outside any region: use the "
+            "allocator only inside memsleep regions\n",
+            size);
     return NULL;
   }
   void *p = NULL;

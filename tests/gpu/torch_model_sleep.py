@@ -82,7 +82,7 @@ def setup(args, prog):
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
     print("torch %s, transformers %s, %s, libmemsleep %s (%s)" % (
         torch.__version__, transformers.__version__, torch.cuda.get_device_name(),
-        memsleep.library_path(), memsleep._lib.get().how), flush=True)
+        memsleep.core_library_path(), memsleep._lib.get().how), flush=True)
     return torch, transformers, memsleep
 
 

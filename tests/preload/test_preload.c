@@ -29,7 +29,7 @@ static int failures;
 #define CHECK(cond)                                                                                \
   do {                                                                                             \
     if (!(cond)) {                                                                                 \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed (last error: %s)\n", __FILE__, __LINE__, #cond,   \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed (last error: %s)\n", __FILE__, __LINE__, #cond,     \
               memsleep_last_error());                                                              \
       failures++;                                                                                  \
     }                                                                                              \
@@ -82,8 +82,8 @@ static void test_pluggable_allocator_entry_points(void) {
     return;
   /* Outside a region: refused, unless a default region applies. */
   void *q = tmalloc(4096, MEMSLEEP_HOST, NULL);
-  if (getenv("MEMSLEEP_DEFAULT_REGION") != NULL && strcmp(getenv("MEMSLEEP_DEFAULT_REGION"),
-                                                          "kv:zero") == 0) {
+  if (getenv("MEMSLEEP_DEFAULT_REGION") != NULL &&
+      strcmp(getenv("MEMSLEEP_DEFAULT_REGION"), "kv:zero") == 0) {
     CHECK(q != NULL && memsleep_owns(q));
     tfree(q, 4096, MEMSLEEP_HOST, NULL);
   } else {

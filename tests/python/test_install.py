@@ -65,8 +65,8 @@ a.write(b"survives")
 memsleep.release("installed")
 memsleep.resume("installed")
 assert a.read(0, 8) == b"survives"
-print(memsleep.library_path())
-print(os.path.exists(os.path.join(os.path.dirname(memsleep.library_path()),
+print(memsleep.core_library_path())
+print(os.path.exists(os.path.join(os.path.dirname(memsleep.core_library_path()),
                                   "libmemsleep_preload.so")))
 """
         q = run([os.path.join(venv, "bin", "python"), "-c", code], env=env, cwd=TMP)

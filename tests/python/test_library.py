@@ -92,7 +92,7 @@ class Lookup(unittest.TestCase):
         self.assertIn("system loader", out)
 
     def test_lib_dir_is_used(self):
-        rc, out, err = child("import memsleep; print(memsleep.library_path())",
+        rc, out, err = child("import memsleep; print(memsleep.core_library_path())",
                              {"MEMSLEEP_LIB_DIR": LIB_DIR})
         self.assertEqual(rc, 0, err)
         self.assertEqual(os.path.realpath(out.strip()), os.path.realpath(core_file()))
@@ -109,7 +109,7 @@ class OneCore(unittest.TestCase):
                 first = ctypes.CDLL(%r)
                 import memsleep
                 a = memsleep.alloc(4096, tag="shared-tag")
-                print(memsleep.library_path())
+                print(memsleep.core_library_path())
                 # The handle loaded first sees the tag made through the package.
                 first.memsleep_is_asleep.argtypes = [ctypes.c_char_p]
                 print(first.memsleep_is_asleep(b"shared-tag"))
@@ -138,7 +138,7 @@ class OneCore(unittest.TestCase):
             import ctypes
             import memsleep
             a = memsleep.alloc(4096, tag="via-package")
-            print(memsleep.library_path())
+            print(memsleep.core_library_path())
             print(memsleep._lib.get().preloaded)
             mapped = {p for p in memsleep._lib.mapped_libraries()
                       if p.rsplit("/", 1)[-1].startswith("libmemsleep.so")}

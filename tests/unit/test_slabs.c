@@ -53,8 +53,8 @@ static void test_a_release_costs_per_slab_not_per_allocation(void **state) {
   assert_ok(test_release1("slab-many"));
   long ops = ms__fault_count();
   if (ops > 8)
-    fail_msg("releasing %d small allocations took %ld backend operations; one slab needs a few",
-             N, ops);
+    fail_msg("releasing %d small allocations took %ld backend operations; one slab needs a few", N,
+             ops);
   assert_int_equal(test_stats("slab-many").resident_bytes, 0);
   assert_ok(test_resume1("slab-many"));
   for (size_t i = 0; i < N; i++)
