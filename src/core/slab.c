@@ -17,15 +17,20 @@
 #include "error.h"
 #include "state.h"
 
+/* MEMSLEEP_SLAB_BYTES, read once per process (every allocation asks):
+ * -2 not read yet, -1 unset or malformed (backend defaults), else bytes. */
+static _Atomic long long ms__slab_env = -2;
+
 size_t ms__slab_bytes(const ms__backend_t *be, size_t gran) {
-  size_t bytes = be->slab_bytes;
-  const char *env = getenv("MEMSLEEP_SLAB_BYTES");
-  if (env != NULL && *env != '\0') {
+  long long env = ms__slab_env;
+  if (env == -2) {
+    const char *s = getenv("MEMSLEEP_SLAB_BYTES");
     char *end = NULL;
-    unsigned long long v = strtoull(env, &end, 10);
-    if (end != NULL && *end == '\0')
-      bytes = (size_t)v; /* a malformed value keeps the default */
+    unsigned long long v = s != NULL && *s != '\0' ? strtoull(s, &end, 10) : 0;
+    env = end != NULL && *end == '\0' && v <= (1ull << 47) ? (long long)v : -1;
+    ms__slab_env = env; /* racing readers store the same value */
   }
+  size_t bytes = env >= 0 ? (size_t)env : be->slab_bytes; /* a malformed value keeps the default */
   if (bytes == 0 || gran == 0)
     return 0;
   return (bytes + gran - 1) / gran * gran;
