@@ -4,8 +4,11 @@ transformers on the same model directory and GPU, in one run.
 
 Makes a model of Qwen2-0.5B's shape with memsleep-mkmodel (24 layers,
 hidden 896, 14 heads, 2 KV heads, SwiGLU 4864, q/k/v biases, tied
-embeddings, bf16; the vocabulary is memsleep-mkmodel's 512, not 151,936)
-and measures, in this order:
+embeddings, bf16, and Qwen2's vocabulary of 151,936: --vocab 151936 gives
+the embeddings and the output layer that many rows, so the weights, the
+output GEMM and sampling are full size; the tokenizer keeps memsleep-mkmodel's
+512 ids, which does not matter here: every request is token ids) and
+measures, in this order:
 
 1. Decode throughput of memsleep-serve over HTTP at each batch level B:
    B clients send one non-streamed greedy /generate each at once (a
@@ -45,7 +48,7 @@ import time
 
 QWEN2_05B = ["--arch", "qwen2", "--layers", "24", "--hidden", "896", "--heads", "14",
              "--kv-heads", "2", "--intermediate", "4864", "--rope-theta", "1000000",
-             "--dtype", "bf16", "--max-position", "4096"]
+             "--dtype", "bf16", "--max-position", "4096", "--vocab", "151936"]
 
 
 def start_server(serve, model, *extra):
@@ -141,7 +144,7 @@ def main():
         max_batch = max(levels)
         ctx = a.prompt_tokens + a.new_tokens + 16
         args = ["--device", a.device, "--max-batch", str(max_batch), "--max-context", str(ctx)]
-        print("model: Qwen2-0.5B shape (%s), vocab 512" % " ".join(QWEN2_05B[2:]))
+        print("model: Qwen2-0.5B shape (%s)" % " ".join(QWEN2_05B[2:]))
         print("server: memsleep-serve %s; prompt %d tokens, %d new tokens, greedy"
               % (" ".join(args), a.prompt_tokens, a.new_tokens))
         p, port = start_server(serve, model, *args)

@@ -10,6 +10,13 @@
  * Hugging Face checkpoint. The default size generates well over 50 tokens/s
  * on two cores.
  *
+ * --vocab N gives the model a larger vocabulary than its tokenizer, as real
+ * checkpoints do (Qwen2-0.5B: 151936 embedding rows, fewer tokenizer ids):
+ * the embedding and output layers get N rows, the tokenizer keeps its 512
+ * ids, and rows 512 .. N-1 are ordinary random rows the tokenizer never
+ * produces. The engine may still sample them; the server decodes them to
+ * nothing (docs/engine.md).
+ *
  * Exit status: 0 done, 1 failed (the message says why), 2 bad arguments.
  */
 #include <dirent.h>
@@ -32,13 +39,17 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 /* The tokenizer written beside the weights. */
 #define N_MERGES 253
 static const char *const specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
-#define N_SPECIALS (sizeof specials / sizeof specials[0])
+#define N_SPECIALS    (sizeof specials / sizeof specials[0])
+#define TOKENIZER_IDS (256 + N_MERGES + (int)N_SPECIALS) /* 512 */
+/* --vocab at most: 4.2 M rows, well past any real vocabulary (Qwen2's
+ * 151936, Gemma's 262144); more is a typo, not a model. */
+#define VOCAB_MAX (1 << 22)
 
 static void usage(FILE *to) {
   fprintf(to, "usage: " PROG " --out DIR [--arch llama|qwen2|mistral] [--layers N] [--hidden N]\n"
               "       [--heads N] [--kv-heads N] [--intermediate N] [--max-position N]\n"
               "       [--dtype f32|f16|bf16] [--seed N] [--shards N] [--tie] [--rope-theta X]\n"
-              "       [--force]\n"
+              "       [--vocab N] [--force]\n"
               "\n"
               "Writes a Hugging Face style model directory with seeded random weights:\n"
               "config.json, model.safetensors (or N shards and model.safetensors.index.json)\n"
@@ -57,6 +68,10 @@ static void usage(FILE *to) {
               "  --shards N         weight files (default 1)\n"
               "  --tie              share the embeddings with the output layer (qwen2: default)\n"
               "  --rope-theta X     RoPE base (default 10000)\n"
+              "  --vocab N          the model's vocabulary: embedding and output rows, config\n"
+              "                     vocab_size (default 512, the tokenizer's; 512 .. 4194304).\n"
+              "                     The tokenizer keeps its 512 ids: rows 512 .. N-1 are\n"
+              "                     random rows it never produces (as Qwen2's 151936)\n"
               "  --force            write into a non-empty directory (replaces model files)\n"
               "  --help             this text\n");
 }
@@ -171,6 +186,7 @@ int main(int argc, char **argv) {
     O_SHARDS,
     O_TIE,
     O_THETA,
+    O_VOCAB,
     O_FORCE,
     O_OUT,
     O_HELP
@@ -189,6 +205,7 @@ int main(int argc, char **argv) {
       {"shards", required_argument, NULL, O_SHARDS},
       {"tie", no_argument, NULL, O_TIE},
       {"rope-theta", required_argument, NULL, O_THETA},
+      {"vocab", required_argument, NULL, O_VOCAB},
       {"force", no_argument, NULL, O_FORCE},
       {"help", no_argument, NULL, O_HELP},
       {NULL, 0, NULL, 0},
@@ -196,7 +213,7 @@ int main(int argc, char **argv) {
   /* Options are collected first: --arch sets defaults the others override. */
   const char *out = NULL, *arch = "llama", *dtype = "f32";
   long long layers = -1, hidden = -1, heads = -1, kv = -1, inter = -1, maxpos = -1, seed = -1,
-            shards = -1;
+            shards = -1, vocab = TOKENIZER_IDS;
   double theta = -1;
   int tie = 0, force = 0, c;
   opterr = 0;
@@ -236,6 +253,29 @@ int main(int argc, char **argv) {
     case O_SHARDS:
       bad = parse_int("--shards", optarg, 1, 99999, &shards);
       break;
+    case O_VOCAB: {
+      /* Any whole number parses, so that the message can say what is
+       * wrong with it. */
+      char *end;
+      errno = 0;
+      vocab = strtoll(optarg, &end, 10);
+      if (errno || end == optarg || *end) {
+        fprintf(stderr, PROG ": --vocab: \"%s\" is not a whole number\n", optarg);
+        bad = 1;
+      } else if (vocab < TOKENIZER_IDS) {
+        fprintf(stderr,
+                PROG ": --vocab %lld is smaller than the tokenizer's %d ids: the model needs a "
+                     "row for every id the tokenizer produces\n",
+                vocab, TOKENIZER_IDS);
+        bad = 1;
+      } else if (vocab > VOCAB_MAX) {
+        fprintf(stderr,
+                PROG ": --vocab %lld is more than %d rows: no real vocabulary is that large\n",
+                vocab, VOCAB_MAX);
+        bad = 1;
+      }
+      break;
+    }
     case O_THETA: {
       char *end;
       errno = 0;
@@ -321,7 +361,7 @@ int main(int argc, char **argv) {
     s.rope_theta = (float)theta;
   if (tie)
     s.tie_word_embeddings = 1;
-  s.vocab_size = 256 + N_MERGES + (int)N_SPECIALS;
+  s.vocab_size = (int)vocab;
   s.eos_token_id = 256 + N_MERGES; /* "<|endoftext|>", the first special */
   if (s.hidden_size % s.num_heads != 0 || (s.hidden_size / s.num_heads) % 2 != 0) {
     fprintf(stderr, PROG ": --hidden %d must be --heads %d times an even head size\n",

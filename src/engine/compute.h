@@ -63,6 +63,20 @@ typedef struct ms__batch_seq {
   double u;
 } ms__batch_seq_t;
 
+/* The CUDA graphs of a backend's decode steps (see compute_cuda.c). */
+typedef struct ms__graph_stats {
+  int enabled;             /* decode steps replay graphs (on, and none failed) */
+  int asleep;              /* the executables are released (the graphs are kept) */
+  size_t graphs;           /* graphs captured and kept, one per decode batch size seen */
+  size_t executables;      /* of them instantiated now */
+  size_t exec_bytes;       /* device memory the executables hold (cudaMemGetInfo's view) */
+  size_t reserved_bytes;   /* what they took when last instantiated (kept while asleep) */
+  uint64_t captures;       /* graphs captured since the start */
+  uint64_t instantiations; /* executables made since the start (captures + re-instantiations) */
+  uint64_t replays;        /* decode steps run by a graph */
+  char error[200];         /* why graphs were turned off, or "" */
+} ms__graph_stats_t;
+
 /* A compute backend. ctx is the backend's own state. */
 typedef struct ms__compute_ops {
   const char *name; /* "cpu", ... */
@@ -81,6 +95,16 @@ typedef struct ms__compute_ops {
   int (*forward)(void *ctx, const ms__batch_seq_t *seqs, size_t n);
   /* Frees the context and its scratch memory. NULL is fine. */
   void (*destroy)(void *ctx);
+  /* CUDA graphs of decode steps; NULL in a backend without them. None of
+   * these may run beside forward. set_graphs turns them on (the default)
+   * or off (on: 1); off, decode steps are launched kernel by kernel, with
+   * the same results. graphs_release destroys the graphs' executables and
+   * keeps the graphs; until graphs_resume re-instantiates them (no
+   * recapture), decode steps are launched kernel by kernel. */
+  void (*set_graphs)(void *ctx, int on);
+  int (*graphs_release)(void *ctx);
+  int (*graphs_resume)(void *ctx);
+  void (*graph_stats)(void *ctx, ms__graph_stats_t *out);
 } ms__compute_ops_t;
 
 /* The float32 CPU backend. */

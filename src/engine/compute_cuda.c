@@ -21,11 +21,27 @@
  * its logits row on the host, its next token sampled on the device
  * (cuda_kernels.cu), or both.
  *
+ * Decode steps (every entry one token, sampled on the device) run at a
+ * fixed set of batch sizes: n requests are padded to the smallest size >=
+ * n with rows that read block 0 and store nothing. With at most
+ * MS__CUDA_GEMV_T_MAX rows the projections are k_gemv launches (RMSNorm
+ * and SwiGLU folded in, q/k/v in one launch: six kernels a layer), whose
+ * result for a row does not depend on the batch; larger batches use
+ * cuBLASLt at the padded size. Each decode size's step is captured once
+ * into a CUDA graph over the same buffers (memsleep memory keeps its
+ * addresses across sleep and wake, so the graph stays valid) and replayed
+ * after; the graph's executable is device memory the driver allocates,
+ * outside any region, so graphs_release destroys the executables and
+ * graphs_resume instantiates them again from the kept graphs, without a
+ * recapture. A graph replays exactly the kernels the step would launch,
+ * so results are the same with and without graphs.
+ *
  * Each forward pass ends with the stream drained, so between passes no
  * work is in flight over memory a release may take away.
  */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,7 +56,20 @@
 /* Logits rows computed per LM-head GEMM. */
 #define LOGIT_ROWS_MAX 64
 /* GEMM shapes whose cuBLASLt plan is kept (7 per layer kind and batch). */
-#define PLANS 64
+#define PLANS 96
+/* The batch sizes decode steps run at (those up to max_tokens, and
+ * max_tokens itself). */
+static const int DECODE_SIZES[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256};
+#define DECODE_SIZES_MAX ((int)(sizeof DECODE_SIZES / sizeof DECODE_SIZES[0]) + 1)
+
+/* The graph of one decode batch size. */
+typedef struct decode_graph {
+  int rows;              /* the batch size */
+  cudaGraph_t graph;     /* captured on first use; kept until destroy */
+  cudaGraphExec_t exec;  /* its executable, or NULL (not yet, or released) */
+  size_t exec_bytes;     /* device memory instantiating it took (0 while released) */
+  size_t last_bytes;     /* the same, kept across a release */
+} decode_graph_t;
 
 /* A GEMM shape's cuBLASLt descriptors and the algorithm chosen for it. */
 typedef struct lt_plan {
@@ -59,6 +88,13 @@ typedef struct cuda_ctx {
   int max_context;        /* positions per sequence at most */
   size_t table_cap;       /* block-table entries per forward pass at most */
   int logit_rows;         /* rows of the logits buffer */
+  int gemv;               /* 1: batches of <= MS__CUDA_GEMV_T_MAX rows use k_gemv */
+  decode_graph_t graphs[DECODE_SIZES_MAX]; /* per decode batch size, ascending */
+  int n_sizes;                             /* entries of graphs in use */
+  int graphs_on;                           /* decode steps replay graphs */
+  int graphs_asleep;                       /* executables released */
+  uint64_t captures, instantiations, replays;
+  char graph_error[200]; /* why graphs were turned off, or "" */
   cudaStream_t stream;    /* every kernel, copy and GEMM */
   cublasLtHandle_t lt;    /* cuBLASLt (holds no device memory) */
   lt_plan_t plans[PLANS]; /* kept GEMM plans, least recently used replaced */
@@ -77,6 +113,7 @@ typedef struct cuda_ctx {
   uint16_t *hh;             /* [max_tokens][intermediate] silu(gate) * up (bf16) */
   float *logits;            /* [logit_rows][vocab] */
   int *d_next;              /* [max_tokens] tokens sampled on the device */
+  ms__cuk_argmax_t *d_part; /* [logit_rows][MS__CUDA_SAMPLE_SPLIT] arg max parts */
   void *cublas_ws;          /* CUBLAS_WORKSPACE_BYTES for cuBLASLt */
   void *idx;                /* the index tables below, uploaded in one copy */
   int *d_tokens;            /* [max_tokens] */
@@ -141,6 +178,12 @@ static void cuda_destroy(void *ctx) {
   cudaSetDevice(c->device);
   if (c->stream)
     cudaStreamSynchronize(c->stream);
+  for (int i = 0; i < c->n_sizes; i++) {
+    if (c->graphs[i].exec)
+      cudaGraphExecDestroy(c->graphs[i].exec);
+    if (c->graphs[i].graph)
+      cudaGraphDestroy(c->graphs[i].graph);
+  }
   for (int i = 0; i < PLANS; i++)
     plan_clear(&c->plans[i]);
   if (c->lt)
@@ -179,6 +222,8 @@ static size_t carve(cuda_ctx_t *c, char *ws) {
       {(void **)&c->hh, T * I * 2},
       {(void **)&c->logits, (size_t)c->logit_rows * V * 4},
       {(void **)&c->d_next, T * sizeof(int)},
+      {(void **)&c->d_part,
+       (size_t)c->logit_rows * MS__CUDA_SAMPLE_SPLIT * sizeof(ms__cuk_argmax_t)},
       {&c->cublas_ws, CUBLAS_WORKSPACE_BYTES},
       {&c->idx, il.total},
   };
@@ -200,6 +245,26 @@ static size_t carve(cuda_ctx_t *c, char *ws) {
     c->idx_bytes = il.total;
   }
   return off;
+}
+
+/* 1 if k_gemv can take the model's projections: widths a multiple of 8
+ * and every weight and norm 16-byte aligned (MEMSLEEP_CUDA_GEMV=0 turns
+ * it off, to compare). */
+static int gemv_usable(const ms__model_t *m) {
+  const ms__model_config_t *cfg = &m->cfg;
+  const char *env = getenv("MEMSLEEP_CUDA_GEMV");
+  if (env && strcmp(env, "0") == 0)
+    return 0;
+  if (cfg->hidden_size % 8 || (cfg->num_heads * cfg->head_dim) % 8 || cfg->intermediate_size % 8)
+    return 0;
+  uintptr_t bits = (uintptr_t)m->lm_head | (uintptr_t)m->final_norm;
+  for (int l = 0; l < cfg->num_layers; l++) {
+    const ms__layer_t *L = &m->layers[l];
+    bits |= (uintptr_t)L->wq | (uintptr_t)L->wk | (uintptr_t)L->wv | (uintptr_t)L->wo |
+            (uintptr_t)L->w_gate | (uintptr_t)L->w_up | (uintptr_t)L->w_down |
+            (uintptr_t)L->attn_norm | (uintptr_t)L->ffn_norm;
+  }
+  return (bits & 15u) == 0;
 }
 
 static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int threads, int max_tokens,
@@ -234,7 +299,7 @@ static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int thre
   /* Each sequence has at least one new token, so at most max_tokens
    * sequences, each with a table covering at most max_context positions. */
   size_t per_seq = ((size_t)max_context + (size_t)kv->block_tokens - 1) / (size_t)kv->block_tokens;
-  c->table_cap = (size_t)max_tokens * per_seq;
+  c->table_cap = (size_t)max_tokens * per_seq + 1; /* + the padding rows' block 0 */
   c->logit_rows = max_tokens < LOGIT_ROWS_MAX ? max_tokens : LOGIT_ROWS_MAX;
   c->ws_bytes = carve(c, NULL);
   cudaError_t e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
@@ -263,6 +328,13 @@ static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int thre
     rc = blas_err(s, "cublasLtCreate");
     goto fail;
   }
+  for (size_t i = 0; i < sizeof DECODE_SIZES / sizeof DECODE_SIZES[0]; i++)
+    if (DECODE_SIZES[i] <= max_tokens)
+      c->graphs[c->n_sizes++].rows = DECODE_SIZES[i];
+  if (c->graphs[c->n_sizes - 1].rows < max_tokens)
+    c->graphs[c->n_sizes++].rows = max_tokens;
+  c->graphs_on = 1;
+  c->gemv = gemv_usable(m);
   *out = c;
   return 0;
 fail:
@@ -445,54 +517,202 @@ static int copy_logits(cuda_ctx_t *c, int first, int rows) {
   return 0;
 }
 
-static int forward_queue(cuda_ctx_t *c, int T, int nsel) {
+/* One decoder layer for T <= MS__CUDA_GEMV_T_MAX rows: six launches. */
+static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
+  const ms__model_config_t *cfg = &c->m->cfg;
+  int H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
+  int qd = nh * hd, kvd = c->kv.kv_dim, I = cfg->intermediate_size;
+  float eps = cfg->rms_norm_eps;
+  cudaStream_t st = c->stream;
+  ms__cuk_gemv_seg_t qkv[3] = {{L->wq, c->q, qd}, {L->wk, c->k, kvd}, {L->wv, c->v, kvd}};
+  CK(ms__cuk_gemv(qkv, 3, NULL, c->x, NULL, L->attn_norm, eps, T, H, 0, st), "q/k/v kernel");
+  CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
+                        nkv, hd, cfg->rope_theta, st),
+     "rope kernel");
+  CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
+                       c->kv.block_tokens, st),
+     "attention kernel");
+  ms__cuk_gemv_seg_t o = {L->wo, c->x, H};
+  CK(ms__cuk_gemv(&o, 1, c->att, NULL, NULL, NULL, 0.0f, T, qd, 1, st), "o_proj kernel");
+  CK(ms__cuk_gemv_swiglu(c->hh, L->w_gate, L->w_up, I, c->x, L->ffn_norm, eps, T, H, st),
+     "gate/up kernel");
+  ms__cuk_gemv_seg_t down = {L->w_down, c->x, H};
+  CK(ms__cuk_gemv(&down, 1, c->hh, NULL, NULL, NULL, 0.0f, T, I, 1, st), "down_proj kernel");
+  return 0;
+}
+
+/* One decoder layer for any T: cuBLASLt GEMMs between our kernels. */
+static int layer_large(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
+  const ms__model_config_t *cfg = &c->m->cfg;
+  int H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
+  int qd = nh * hd, kvd = c->kv.kv_dim, I = cfg->intermediate_size;
+  float eps = cfg->rms_norm_eps;
+  cudaStream_t st = c->stream;
+  CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->attn_norm, T, H, eps, st), "rmsnorm kernel");
+  CB(gemm(c, L->wq, c->xh, c->q, qd, H, T, 0.0f, "q_proj"));
+  CB(gemm(c, L->wk, c->xh, c->k, kvd, H, T, 0.0f, "k_proj"));
+  CB(gemm(c, L->wv, c->xh, c->v, kvd, H, T, 0.0f, "v_proj"));
+  CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
+                        nkv, hd, cfg->rope_theta, st),
+     "rope kernel");
+  CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
+                       c->kv.block_tokens, st),
+     "attention kernel");
+  CB(gemm(c, L->wo, c->att, c->x, H, qd, T, 1.0f, "o_proj"));
+  CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->ffn_norm, T, H, eps, st), "rmsnorm kernel");
+  CB(gemm(c, L->w_gate, c->xh, c->gate, I, H, T, 0.0f, "gate_proj"));
+  CB(gemm(c, L->w_up, c->xh, c->up, I, H, T, 0.0f, "up_proj"));
+  CK(ms__cuk_swiglu(c->hh, c->gate, c->up, (size_t)T * I, st), "swiglu kernel");
+  CB(gemm(c, L->w_down, c->hh, c->x, H, I, T, 1.0f, "down_proj"));
+  return 0;
+}
+
+/* Queues the forward pass of T rows (index tables already on the device):
+ * logits of the nsel selected rows, copied to the host rows that want
+ * them, and the next token of those that want one (all of them when
+ * sample_all: a decode step, whose work must not depend on the host
+ * tables so that a graph of it can be replayed). Copies nothing to the
+ * host when sample_all. */
+static int forward_queue(cuda_ctx_t *c, int T, int nsel, int sample_all) {
   const ms__model_t *m = c->m;
   const ms__model_config_t *cfg = &m->cfg;
-  int H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
-  int qd = nh * hd, kvd = c->kv.kv_dim, I = cfg->intermediate_size, V = cfg->vocab_size;
+  int H = cfg->hidden_size, V = cfg->vocab_size;
   float eps = cfg->rms_norm_eps;
-  size_t layer_elems = c->kv.num_blocks * (size_t)c->kv.block_tokens * (size_t)kvd;
+  size_t layer_elems = c->kv.num_blocks * (size_t)c->kv.block_tokens * (size_t)c->kv.kv_dim;
   cudaStream_t st = c->stream;
+  int small = c->gemv && T <= MS__CUDA_GEMV_T_MAX;
 
   CK(ms__cuk_embed(c->x, m->embed, c->d_tokens, T, H, st), "embedding kernel");
   for (int l = 0; l < cfg->num_layers; l++) {
     const ms__layer_t *L = &m->layers[l];
     uint16_t *kl = (uint16_t *)c->kv.k + (size_t)l * layer_elems;
     uint16_t *vl = (uint16_t *)c->kv.v + (size_t)l * layer_elems;
-    CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->attn_norm, T, H, eps, st), "rmsnorm kernel");
-    CB(gemm(c, L->wq, c->xh, c->q, qd, H, T, 0.0f, "q_proj"));
-    CB(gemm(c, L->wk, c->xh, c->k, kvd, H, T, 0.0f, "k_proj"));
-    CB(gemm(c, L->wv, c->xh, c->v, kvd, H, T, 0.0f, "v_proj"));
-    CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
-                          nkv, hd, cfg->rope_theta, st),
-       "rope kernel");
-    CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
-                         c->kv.block_tokens, st),
-       "attention kernel");
-    CB(gemm(c, L->wo, c->att, c->x, H, qd, T, 1.0f, "o_proj"));
-    CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->ffn_norm, T, H, eps, st), "rmsnorm kernel");
-    CB(gemm(c, L->w_gate, c->xh, c->gate, I, H, T, 0.0f, "gate_proj"));
-    CB(gemm(c, L->w_up, c->xh, c->up, I, H, T, 0.0f, "up_proj"));
-    CK(ms__cuk_swiglu(c->hh, c->gate, c->up, (size_t)T * I, st), "swiglu kernel");
-    CB(gemm(c, L->w_down, c->hh, c->x, H, I, T, 1.0f, "down_proj"));
+    CB(small ? layer_small(c, L, kl, vl, T) : layer_large(c, L, kl, vl, T));
   }
   /* Final norm and LM head for the selected rows, a chunk at a time. */
   for (int r0 = 0; r0 < nsel; r0 += c->logit_rows) {
     int rows = nsel - r0 < c->logit_rows ? nsel - r0 : c->logit_rows;
-    CK(ms__cuk_rmsnorm(c->xh, c->x, c->d_sel + r0, m->final_norm, rows, H, eps, st),
-       "rmsnorm kernel");
-    CB(gemm(c, m->lm_head, c->xh, c->logits, V, H, rows, 0.0f, "lm_head"));
-    CB(copy_logits(c, r0, rows));
-    int want_tokens = 0;
-    for (int r = 0; r < rows; r++)
-      want_tokens |= c->tokp[r0 + r] != NULL;
+    if (c->gemv && rows <= MS__CUDA_GEMV_T_MAX) {
+      ms__cuk_gemv_seg_t head = {m->lm_head, c->logits, V};
+      CK(ms__cuk_gemv(&head, 1, NULL, c->x, c->d_sel + r0, m->final_norm, eps, rows, H, 0, st),
+         "lm_head kernel");
+    } else {
+      CK(ms__cuk_rmsnorm(c->xh, c->x, c->d_sel + r0, m->final_norm, rows, H, eps, st),
+         "rmsnorm kernel");
+      CB(gemm(c, m->lm_head, c->xh, c->logits, V, H, rows, 0.0f, "lm_head"));
+    }
+    int want_tokens = sample_all;
+    if (!sample_all) {
+      CB(copy_logits(c, r0, rows));
+      for (int r = 0; r < rows; r++)
+        want_tokens |= c->tokp[r0 + r] != NULL;
+    }
     if (want_tokens)
-      CK(ms__cuk_sample(c->d_next + r0, c->logits, c->d_samp + r0, rows, V, st), "sampling kernel");
+      CK(ms__cuk_sample(c->d_next + r0, c->logits, c->d_samp + r0, rows, V, c->d_part, st),
+         "sampling kernel");
   }
-  if (nsel > 0)
-    CK(cudaMemcpyAsync(c->h_next, c->d_next, sizeof(int) * (size_t)nsel, cudaMemcpyDeviceToHost,
-                       st),
-       "cudaMemcpyAsync (sampled tokens to the host)");
+  return 0;
+}
+
+/* 1 if the batch is a decode step: every entry one token, sampled on the
+ * device, no logits wanted on the host. */
+static int is_decode(const ms__batch_seq_t *seqs, size_t n) {
+  for (size_t s = 0; s < n; s++)
+    if (seqs[s].n_tokens != 1 || seqs[s].logits || !seqs[s].token)
+      return 0;
+  return n > 0;
+}
+
+/* Index of the decode size a step of n rows runs at. */
+static int decode_size(const cuda_ctx_t *c, int n) {
+  int i = 0;
+  while (i < c->n_sizes - 1 && c->graphs[i].rows < n)
+    i++;
+  return i;
+}
+
+/* Pads the host index tables of a decode step of T rows to B rows: token
+ * 0 at position 0 over block 0, storing nothing, sampled greedily (and
+ * thrown away). */
+static void pad_batch(cuda_ctx_t *c, int T, int B, size_t *ntab) {
+  idx_layout_t il = idx_layout((size_t)c->max_tokens, c->table_cap);
+  char *h = c->h_idx;
+  int64_t *slot = (int64_t *)(void *)(h + il.slot);
+  int *tokens = (int *)(void *)(h + il.tokens), *pos = (int *)(void *)(h + il.pos);
+  int *tab_off = (int *)(void *)(h + il.tab_off), *sel = (int *)(void *)(h + il.sel);
+  uint32_t *tables = (uint32_t *)(void *)(h + il.tables);
+  ms__cuk_sample_t *samp = (ms__cuk_sample_t *)(void *)(h + il.samp);
+  tables[*ntab] = 0;
+  for (int t = T; t < B; t++) {
+    tokens[t] = 0;
+    pos[t] = 0;
+    tab_off[t] = (int)*ntab;
+    slot[t] = -1;
+    sel[t] = t;
+    samp[t] = (ms__cuk_sample_t){0.0f, 0, 1.0f, 0.0f};
+    c->outp[t] = NULL;
+    c->tokp[t] = NULL;
+  }
+  (*ntab)++;
+}
+
+/* Turns graphs off for good after a failure, saying why once. */
+static void graphs_fail(cuda_ctx_t *c, const char *what, cudaError_t e) {
+  snprintf(c->graph_error, sizeof c->graph_error, "%s: %s (%s)", what, cudaGetErrorString(e),
+           cudaGetErrorName(e));
+  c->graphs_on = 0;
+  fprintf(stderr, "compute cuda: CUDA graphs turned off, decode steps run without them: %s\n",
+          c->graph_error);
+  cudaGetLastError();
+}
+
+/* Instantiates g's executable, noting the device memory it took. */
+static cudaError_t graph_instantiate(cuda_ctx_t *c, decode_graph_t *g) {
+  size_t free0 = 0, free1 = 0, total = 0;
+  cudaMemGetInfo(&free0, &total);
+  cudaError_t e = cudaGraphInstantiate(&g->exec, g->graph, 0);
+  if (e != cudaSuccess) {
+    g->exec = NULL;
+    return e;
+  }
+  cudaMemGetInfo(&free1, &total);
+  g->exec_bytes = g->last_bytes = free0 > free1 ? free0 - free1 : 0;
+  c->instantiations++;
+  return cudaSuccess;
+}
+
+/* Runs the decode step of g->rows rows by its graph, capturing and
+ * instantiating it first when needed. 1: graphs cannot be used (turned
+ * off; the caller launches the step itself); 0 or a negative code. */
+static int graph_run(cuda_ctx_t *c, decode_graph_t *g) {
+  if (!g->graph) {
+    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+      graphs_fail(c, "cudaStreamBeginCapture", e);
+      return 1;
+    }
+    int rc = forward_queue(c, g->rows, g->rows, 1);
+    cudaGraph_t graph = NULL;
+    e = cudaStreamEndCapture(c->stream, &graph);
+    if (rc != 0 || e != cudaSuccess) {
+      if (graph)
+        cudaGraphDestroy(graph);
+      graphs_fail(c, rc != 0 ? memsleep_last_error() : "cudaStreamEndCapture",
+                  e != cudaSuccess ? e : cudaErrorStreamCaptureInvalidated);
+      return 1;
+    }
+    g->graph = graph;
+    c->captures++;
+  }
+  if (!g->exec) {
+    cudaError_t e = graph_instantiate(c, g);
+    if (e != cudaSuccess)
+      return cuda_err(e, "cudaGraphInstantiate (decode step)");
+  }
+  cudaError_t e = cudaGraphLaunch(g->exec, c->stream);
+  if (e != cudaSuccess)
+    return cuda_err(e, "cudaGraphLaunch (decode step)");
+  c->replays++;
   return 0;
 }
 
@@ -506,22 +726,98 @@ static int cuda_forward(void *ctx, const ms__batch_seq_t *seqs, size_t n) {
   cudaError_t e = cudaSetDevice(c->device);
   if (e != cudaSuccess)
     return cuda_err(e, "cudaSetDevice");
+  int decode = is_decode(seqs, n), rows = T, wanted = nsel;
+  decode_graph_t *g = NULL;
+  if (decode) {
+    g = &c->graphs[decode_size(c, T)];
+    pad_batch(c, T, g->rows, &ntab);
+    rows = nsel = g->rows;
+  }
   /* Only the used part of the tables region travels. */
   idx_layout_t il = idx_layout((size_t)c->max_tokens, c->table_cap);
   size_t bytes = il.tables + ntab * sizeof(uint32_t);
   e = cudaMemcpyAsync(c->idx, c->h_idx, bytes, cudaMemcpyHostToDevice, c->stream);
   if (e != cudaSuccess)
     return cuda_err(e, "cudaMemcpyAsync (index tables)");
-  rc = forward_queue(c, T, nsel);
+  rc = 1;
+  if (decode && c->graphs_on && !c->graphs_asleep)
+    rc = graph_run(c, g);
+  if (rc == 1)
+    rc = forward_queue(c, rows, nsel, decode);
+  if (rc == 0 && wanted > 0) {
+    e = cudaMemcpyAsync(c->h_next, c->d_next, sizeof(int) * (size_t)wanted,
+                        cudaMemcpyDeviceToHost, c->stream);
+    if (e != cudaSuccess)
+      rc = cuda_err(e, "cudaMemcpyAsync (sampled tokens to the host)");
+  }
   /* Drain the stream whatever happened: nothing may still run over the
    * pool or the workspace when the scheduler reports the step done. */
   e = cudaStreamSynchronize(c->stream);
   if (rc == 0 && e != cudaSuccess)
     rc = cuda_err(e, "forward pass");
-  for (int i = 0; rc == 0 && i < nsel; i++)
+  for (int i = 0; rc == 0 && i < wanted; i++)
     if (c->tokp[i])
       *c->tokp[i] = c->h_next[i];
   return rc;
+}
+
+static void cuda_set_graphs(void *ctx, int on) {
+  cuda_ctx_t *c = ctx;
+  c->graphs_on = on != 0;
+  if (on)
+    c->graph_error[0] = '\0';
+}
+
+static int cuda_graphs_release(void *ctx) {
+  cuda_ctx_t *c = ctx;
+  cudaSetDevice(c->device);
+  cudaStreamSynchronize(c->stream);
+  for (int i = 0; i < c->n_sizes; i++)
+    if (c->graphs[i].exec) {
+      cudaGraphExecDestroy(c->graphs[i].exec);
+      c->graphs[i].exec = NULL;
+      c->graphs[i].exec_bytes = 0;
+    }
+  c->graphs_asleep = 1;
+  return 0;
+}
+
+static int cuda_graphs_resume(void *ctx) {
+  cuda_ctx_t *c = ctx;
+  cudaError_t e = cudaSetDevice(c->device);
+  if (e != cudaSuccess)
+    return cuda_err(e, "cudaSetDevice");
+  for (int i = 0; i < c->n_sizes; i++)
+    if (c->graphs[i].graph && !c->graphs[i].exec) {
+      e = graph_instantiate(c, &c->graphs[i]);
+      if (e != cudaSuccess) {
+        int rc = ms__fail(e == cudaErrorMemoryAllocation ? MEMSLEEP_ENOMEM : MEMSLEEP_EBACKEND,
+                          "compute cuda: re-instantiating the decode graph of %d rows: %s (%s)",
+                          c->graphs[i].rows, cudaGetErrorString(e), cudaGetErrorName(e));
+        cudaGetLastError();
+        cuda_graphs_release(c); /* all or nothing: they stay released */
+        return rc;
+      }
+    }
+  c->graphs_asleep = 0;
+  return 0;
+}
+
+static void cuda_graph_stats(void *ctx, ms__graph_stats_t *out) {
+  const cuda_ctx_t *c = ctx;
+  memset(out, 0, sizeof *out);
+  out->enabled = c->graphs_on;
+  out->asleep = c->graphs_asleep;
+  for (int i = 0; i < c->n_sizes; i++) {
+    out->graphs += c->graphs[i].graph != NULL;
+    out->executables += c->graphs[i].exec != NULL;
+    out->exec_bytes += c->graphs[i].exec_bytes;
+    out->reserved_bytes += c->graphs[i].last_bytes;
+  }
+  out->captures = c->captures;
+  out->instantiations = c->instantiations;
+  out->replays = c->replays;
+  snprintf(out->error, sizeof out->error, "%s", c->graph_error);
 }
 
 const ms__compute_ops_t ms__compute_cuda = {
@@ -530,4 +826,8 @@ const ms__compute_ops_t ms__compute_cuda = {
     .create = cuda_create,
     .forward = cuda_forward,
     .destroy = cuda_destroy,
+    .set_graphs = cuda_set_graphs,
+    .graphs_release = cuda_graphs_release,
+    .graphs_resume = cuda_graphs_resume,
+    .graph_stats = cuda_graph_stats,
 };

@@ -6,17 +6,26 @@
  * elsewhere. Attention streams over a sequence's positions with an online
  * softmax - each of four warps keeps a running maximum, sum and weighted
  * value for the positions it takes, and the warps are merged at the end -
- * so its memory does not grow with the context. Matrix products are
- * cuBLAS's, in compute_cuda.c.
+ * so its memory does not grow with the context; each warp loads the keys
+ * and values of several positions before it uses any of them, so one
+ * memory latency covers several positions. The projections of batches of
+ * more than MS__CUDA_GEMV_T_MAX rows are cuBLAS's, in compute_cuda.c; the
+ * small batches of decoding use k_gemv: a warp per output row reads the
+ * row once with 16-byte loads and applies it to every token row, with the
+ * RMSNorm of the input or the SwiGLU of the output folded in - a decode
+ * step reads its weights once, in few kernels.
  */
 #include <cuda_bf16.h>
 #include <math.h>
+#include <string.h>
 
 #include "engine/cuda_kernels.h"
 
-#define ATT_WARPS      4
+#define ATT_WARPS      8
+#define GEMV_WARPS     8
+#define GEMV_ROWS      4
 #define SAMPLE_THREADS 512
-#define ATT_PER_LANE   (MS__CUDA_HEAD_DIM_MAX / 32)
+#define SAMPLE_SPLIT   MS__CUDA_SAMPLE_SPLIT
 
 static __device__ __forceinline__ float bf2f(uint16_t b) {
   return __uint_as_float((unsigned)b << 16);
@@ -78,9 +87,11 @@ static __global__ void k_rope_store(float *q, float *k, const float *v, const ui
   float *qt = q + (size_t)t * qd;
   float *kt = k + (size_t)t * kvd;
   const float *vt = v + (size_t)t * kvd;
-  uint16_t *kdst = k_pool + (size_t)slot[t] * kvd;
-  uint16_t *vdst = v_pool + (size_t)slot[t] * kvd;
-  double p = (double)pos[t];
+  /* A padding row (slot -1) of a decode step stores nothing. */
+  int store = slot[t] >= 0;
+  uint16_t *kdst = k_pool + (store ? (size_t)slot[t] * kvd : 0);
+  uint16_t *vdst = v_pool + (store ? (size_t)slot[t] * kvd : 0);
+  float p = (float)pos[t];
   for (int j = threadIdx.x; j < nq + nk + kvd; j += blockDim.x) {
     if (j < nq + nk) {
       int is_k = j >= nq;
@@ -93,23 +104,31 @@ static __global__ void k_rope_store(float *q, float *k, const float *v, const ui
         x0 += bf2f(b[h * hd + i]);
         x1 += bf2f(b[h * hd + i + half]);
       }
-      double a = p * pow(theta, -2.0 * (double)i / (double)hd);
-      float cs = (float)cos(a), sn = (float)sin(a);
+      /* In float32, as Hugging Face computes its rotary tables (double
+       * precision would cost the decode step more than its whole attention
+       * and agree less with the reference). */
+      float a = p * powf((float)theta, -2.0f * (float)i / (float)hd), sn, cs;
+      sincosf(a, &sn, &cs);
       float r0 = x0 * cs - x1 * sn, r1 = x0 * sn + x1 * cs;
       if (is_k) {
-        kdst[h * hd + i] = f2bf(r0);
-        kdst[h * hd + i + half] = f2bf(r1);
+        if (store) {
+          kdst[h * hd + i] = f2bf(r0);
+          kdst[h * hd + i + half] = f2bf(r1);
+        }
       } else {
         x[i] = r0;
         x[i + half] = r1;
       }
-    } else {
+    } else if (store) {
       int d = j - nq - nk;
       vdst[d] = f2bf(vt[d] + (bv ? bf2f(bv[d]) : 0.0f));
     }
   }
 }
 
+/* PL: head elements per lane (head_dim <= 32 * PL); CH: positions a warp
+ * loads at once (more for small heads: the same registers). */
+template <int PL, int CH>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
                 const uint32_t *tables, const int *tab_off, const int *pos, int nh, int group,
@@ -123,32 +142,55 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
   const uint32_t *table = tables + tab_off[t];
   const float *qv = q + ((size_t)t * nh + h) * hd;
   float scale = rsqrtf((float)hd);
-  float qr[ATT_PER_LANE], acc[ATT_PER_LANE];
+  float qr[PL], acc[PL];
 #pragma unroll
-  for (int j = 0; j < ATT_PER_LANE; j++) {
+  for (int j = 0; j < PL; j++) {
     int d = lane + 32 * j;
     qr[j] = d < hd ? qv[d] : 0.0f;
     acc[j] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int s = warp; s <= p; s += ATT_WARPS) {
-    size_t base = ((size_t)table[s / bt] * bt + (size_t)(s % bt)) * kvd + (size_t)g * hd;
-    float dot = 0.0f;
+  /* Warp w takes positions w * CH .. + CH - 1, then the
+   * chunk ATT_WARPS chunks further on, and so on. */
+  for (int s0 = warp * CH; s0 <= p; s0 += ATT_WARPS * CH) {
+    float kc[CH][PL], vc[CH][PL];
 #pragma unroll
-    for (int j = 0; j < ATT_PER_LANE; j++) {
-      int d = lane + 32 * j;
-      if (d < hd)
-        dot += qr[j] * bf2f(k_pool[base + d]);
+    for (int c = 0; c < CH; c++) {
+      int s = s0 + c;
+      size_t base = s <= p ? ((size_t)table[s / bt] * bt + (size_t)(s % bt)) * kvd + (size_t)g * hd
+                           : 0;
+#pragma unroll
+      for (int j = 0; j < PL; j++) {
+        int d = lane + 32 * j;
+        int ok = s <= p && d < hd;
+        kc[c][j] = ok ? bf2f(k_pool[base + d]) : 0.0f;
+        vc[c][j] = ok ? bf2f(v_pool[base + d]) : 0.0f;
+      }
     }
-    float sc = warp_sum(dot) * scale;
-    float mn = fmaxf(m, sc);
-    float corr = expf(m - mn), e = expf(sc - mn);
-    l = l * corr + e;
+    float sc[CH], mn = m;
 #pragma unroll
-    for (int j = 0; j < ATT_PER_LANE; j++) {
-      int d = lane + 32 * j;
-      if (d < hd)
-        acc[j] = acc[j] * corr + e * bf2f(v_pool[base + d]);
+    for (int c = 0; c < CH; c++) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int j = 0; j < PL; j++)
+        dot += qr[j] * kc[c][j];
+      float sum = warp_sum(dot); /* every lane takes part, whether s0 + c <= p or not */
+      sc[c] = s0 + c <= p ? sum * scale : -INFINITY;
+      mn = fmaxf(mn, sc[c]);
+    }
+    /* mn is finite: position s0 <= p is in the chunk. */
+    float corr = expf(m - mn);
+    l *= corr;
+#pragma unroll
+    for (int j = 0; j < PL; j++)
+      acc[j] *= corr;
+#pragma unroll
+    for (int c = 0; c < CH; c++) {
+      float e = expf(sc[c] - mn);
+      l += e;
+#pragma unroll
+      for (int j = 0; j < PL; j++)
+        acc[j] += e * vc[c][j];
     }
     m = mn;
   }
@@ -157,7 +199,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     sm_l[warp] = l;
   }
 #pragma unroll
-  for (int j = 0; j < ATT_PER_LANE; j++) {
+  for (int j = 0; j < PL; j++) {
     int d = lane + 32 * j;
     if (d < hd)
       sm_acc[warp][d] = acc[j];
@@ -229,9 +271,16 @@ extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const ui
   if (head_dim > MS__CUDA_HEAD_DIM_MAX || num_heads % num_kv_heads != 0)
     return cudaErrorInvalidValue;
   dim3 grid((unsigned)T, (unsigned)num_heads);
-  k_attention<<<grid, ATT_WARPS * 32, 0, stream>>>(out, q, k_pool, v_pool, tables, tab_off, pos,
-                                                   num_heads, num_heads / num_kv_heads, head_dim,
-                                                   block_tokens);
+  int group = num_heads / num_kv_heads;
+  if (head_dim <= 64)
+    k_attention<2, 8><<<grid, ATT_WARPS * 32, 0, stream>>>(
+        out, q, k_pool, v_pool, tables, tab_off, pos, num_heads, group, head_dim, block_tokens);
+  else if (head_dim <= 128)
+    k_attention<4, 4><<<grid, ATT_WARPS * 32, 0, stream>>>(
+        out, q, k_pool, v_pool, tables, tab_off, pos, num_heads, group, head_dim, block_tokens);
+  else
+    k_attention<8, 2><<<grid, ATT_WARPS * 32, 0, stream>>>(
+        out, q, k_pool, v_pool, tables, tab_off, pos, num_heads, group, head_dim, block_tokens);
   return cudaGetLastError();
 }
 
@@ -246,6 +295,237 @@ extern "C" cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const fl
   return cudaGetLastError();
 }
 
+/* ---- decode projections: k_gemv ---------------------------------------- */
+
+/* The eight bfloat16 of a 16-byte word as float32. */
+static __device__ __forceinline__ void unpack8(uint4 u, float f[8]) {
+  unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+/* A weight word, read once: not kept in L1. */
+static __device__ __forceinline__ uint4 load_stream(const uint4 *p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+/* What k_gemv computes; see ms__cuk_gemv in cuda_kernels.h. */
+typedef struct gemv_args {
+  ms__cuk_gemv_seg_t seg[MS__CUDA_GEMV_SEGS];
+  int nseg, T, in, accumulate;
+  const uint16_t *X;    /* bf16 input rows [T][in], or NULL: normed x */
+  const float *x;       /* float32 rows, normed with norm_w on the way in */
+  const int *rows_of;   /* row of x for input row t, or NULL: t */
+  const uint16_t *nw;   /* the RMSNorm weight [in] */
+  float eps;            /* the RMSNorm epsilon */
+  uint16_t *swiglu_out; /* non-NULL: seg 0 is gate, seg 1 up; out[t][r] = bf16(silu(g) * u) */
+} gemv_args_t;
+
+/* The input of row t, elements 8v .. 8v + 7, as float32: the bf16 input,
+ * or x's row scaled by its RMS factor and the norm weight and rounded to
+ * bf16 exactly as k_rmsnorm rounds it. */
+static __device__ __forceinline__ void gemv_input(const gemv_args_t &a, const float *scale, int t,
+                                                  int v, float f[8]) {
+  if (a.X) {
+    unpack8(__ldg((const uint4 *)(a.X + (size_t)t * a.in) + v), f);
+    return;
+  }
+  int row = a.rows_of ? a.rows_of[t] : t;
+  const float4 *xr = (const float4 *)(a.x + (size_t)row * a.in) + 2 * v;
+  float4 x0 = xr[0], x1 = xr[1];
+  float w[8];
+  unpack8(__ldg((const uint4 *)a.nw + v), w);
+  float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+  for (int i = 0; i < 8; i++)
+    f[i] = bf2f(f2bf(xs[i] * scale[t] * w[i]));
+}
+
+/* The segment of output row r (of all segments' rows together) and r's
+ * row within it. */
+static __device__ __forceinline__ int gemv_seg(const gemv_args_t &a, int r, int *rr) {
+  int s = 0;
+  while (!a.swiglu_out && s < a.nseg - 1 && r >= a.seg[s].rows)
+    r -= a.seg[s++].rows;
+  *rr = r;
+  return s;
+}
+
+/* Each warp takes GEMV_ROWS output rows at once (grid-stride over the rows
+ * of all segments): their 16-byte words go round the lanes, all the rows'
+ * loads issued before any is used, each word meets every input row (TM:
+ * the most input rows, a compile-time bound of T), and the lanes' sums are
+ * added in a fixed order - so a row's result does not depend on T, nor on
+ * which rows share its warp. */
+template <int TM>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) {
+  __shared__ float scale[MS__CUDA_GEMV_T_MAX];
+  int lane = threadIdx.x % 32, nv = a.in / 8;
+  if (!a.X)
+    for (int t = 0; t < a.T; t++) {
+      int row = a.rows_of ? a.rows_of[t] : t;
+      const float *xr = a.x + (size_t)row * a.in;
+      float ss = 0.0f;
+      for (int i = threadIdx.x; i < a.in; i += blockDim.x)
+        ss += xr[i] * xr[i];
+      ss = block_sum(ss);
+      if (threadIdx.x == 0)
+        scale[t] = rsqrtf(ss / (float)a.in + a.eps);
+    }
+  __syncthreads();
+  int rows = a.swiglu_out ? a.seg[0].rows : 0;
+  if (!a.swiglu_out)
+    for (int s = 0; s < a.nseg; s++)
+      rows += a.seg[s].rows;
+  int stride = gridDim.x * GEMV_WARPS * GEMV_ROWS;
+  for (int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * GEMV_ROWS; r0 < rows;
+       r0 += stride) {
+    const uint4 *w0[GEMV_ROWS], *w1[GEMV_ROWS];
+    int seg[GEMV_ROWS], rr[GEMV_ROWS];
+#pragma unroll
+    for (int j = 0; j < GEMV_ROWS; j++) {
+      int r = r0 + j < rows ? r0 + j : rows - 1; /* a row past the end repeats the last */
+      seg[j] = gemv_seg(a, r, &rr[j]);
+      w0[j] = (const uint4 *)(a.seg[seg[j]].w + (size_t)rr[j] * a.in);
+      w1[j] = a.swiglu_out ? (const uint4 *)(a.seg[1].w + (size_t)rr[j] * a.in) : w0[j];
+    }
+    float acc0[GEMV_ROWS][TM], acc1[GEMV_ROWS][TM];
+#pragma unroll
+    for (int j = 0; j < GEMV_ROWS; j++)
+#pragma unroll
+      for (int t = 0; t < TM; t++)
+        acc0[j][t] = acc1[j][t] = 0.0f;
+    for (int v = lane; v < nv; v += 32) {
+      float f0[GEMV_ROWS][8], f1[GEMV_ROWS][8], in[8];
+      uint4 u0[GEMV_ROWS], u1[GEMV_ROWS];
+#pragma unroll
+      for (int j = 0; j < GEMV_ROWS; j++) {
+        u0[j] = load_stream(w0[j] + v);
+        if (a.swiglu_out)
+          u1[j] = load_stream(w1[j] + v);
+      }
+#pragma unroll
+      for (int j = 0; j < GEMV_ROWS; j++) {
+        unpack8(u0[j], f0[j]);
+        if (a.swiglu_out)
+          unpack8(u1[j], f1[j]);
+      }
+#pragma unroll
+      for (int t = 0; t < TM; t++) {
+        if (t < a.T) {
+          gemv_input(a, scale, t, v, in);
+#pragma unroll
+          for (int j = 0; j < GEMV_ROWS; j++) {
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+              acc0[j][t] += f0[j][i] * in[i];
+            if (a.swiglu_out)
+#pragma unroll
+              for (int i = 0; i < 8; i++)
+                acc1[j][t] += f1[j][i] * in[i];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < GEMV_ROWS; j++) {
+      if (r0 + j >= rows)
+        break;
+#pragma unroll
+      for (int t = 0; t < TM; t++) {
+        if (t < a.T) {
+          float g = warp_sum(acc0[j][t]);
+          if (a.swiglu_out) {
+            float u = warp_sum(acc1[j][t]);
+            if (lane == 0)
+              a.swiglu_out[(size_t)t * rows + rr[j]] = f2bf(g / (1.0f + expf(-g)) * u);
+          } else if (lane == 0) {
+            float *y = a.seg[seg[j]].y + (size_t)t * a.seg[seg[j]].rows + rr[j];
+            *y = a.accumulate ? *y + g : g;
+          }
+        }
+      }
+    }
+  }
+}
+
+/* Blocks for k_gemv over rows output rows: GEMV_ROWS a warp, at most 16
+ * blocks per multiprocessor of a large GPU (the rest go round the grid). */
+static unsigned gemv_blocks(int rows) {
+  int per_block = GEMV_WARPS * GEMV_ROWS;
+  int b = (rows + per_block - 1) / per_block;
+  return (unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b);
+}
+
+/* Launches k_gemv with the smallest compile-time row bound that holds T. */
+static cudaError_t gemv_launch(const gemv_args_t &a, int rows, cudaStream_t stream) {
+  unsigned blocks = gemv_blocks(rows);
+  if (a.T == 1)
+    k_gemv<1><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+  else if (a.T == 2)
+    k_gemv<2><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+  else if (a.T <= 4)
+    k_gemv<4><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+  else
+    k_gemv<MS__CUDA_GEMV_T_MAX><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
+                                    const float *x, const int *rows_of, const uint16_t *norm_w,
+                                    float eps, int T, int in, int accumulate,
+                                    cudaStream_t stream) {
+  if (nseg < 1 || nseg > MS__CUDA_GEMV_SEGS || T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 ||
+      (!X && (!x || !norm_w)))
+    return cudaErrorInvalidValue;
+  gemv_args_t a;
+  memset(&a, 0, sizeof a);
+  int rows = 0;
+  for (int i = 0; i < nseg; i++) {
+    a.seg[i] = segs[i];
+    rows += segs[i].rows;
+  }
+  a.nseg = nseg;
+  a.T = T;
+  a.in = in;
+  a.accumulate = accumulate;
+  a.X = X;
+  a.x = x;
+  a.rows_of = rows_of;
+  a.nw = norm_w;
+  a.eps = eps;
+  return gemv_launch(a, rows, stream);
+}
+
+extern "C" cudaError_t ms__cuk_gemv_swiglu(uint16_t *out, const uint16_t *w_gate,
+                                           const uint16_t *w_up, int rows, const float *x,
+                                           const uint16_t *norm_w, float eps, int T, int in,
+                                           cudaStream_t stream) {
+  if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || !x || !norm_w)
+    return cudaErrorInvalidValue;
+  gemv_args_t a;
+  memset(&a, 0, sizeof a);
+  a.seg[0].w = w_gate;
+  a.seg[0].rows = rows;
+  a.seg[1].w = w_up;
+  a.seg[1].rows = rows;
+  a.nseg = 2;
+  a.T = T;
+  a.in = in;
+  a.x = x;
+  a.nw = norm_w;
+  a.eps = eps;
+  a.swiglu_out = out;
+  return gemv_launch(a, rows, stream);
+}
+
 /* An order-preserving key of a float: a < b exactly when key(a) < key(b). */
 static __device__ __forceinline__ unsigned fkey(float f) {
   unsigned u = __float_as_uint(f);
@@ -256,33 +536,48 @@ static __device__ __forceinline__ unsigned fkey(float f) {
  * exp((l - m) / temp) of those whose key is >= t (mass 1). */
 static __device__ float over(const float *l, int V, unsigned t, int mass, float m, float temp) {
   float s = 0.0f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x)
-    if (fkey(l[i]) >= t)
-      s += mass ? expf((l[i] - m) / temp) : 1.0f;
+  int n = blockDim.x;
+  for (int i0 = threadIdx.x; i0 < V; i0 += 4 * n) {
+    float x[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) /* four loads in flight before any is used */
+      x[u] = i0 + u * n < V ? l[i0 + u * n] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+      if (i0 + u * n < V && fkey(x[u]) >= t)
+        s += mass ? expf((x[u] - m) / temp) : 1.0f;
+  }
   return block_sum(s);
 }
 
+/* The arg max (lowest id on ties) of part blockIdx.y of SAMPLE_SPLIT of
+ * logits row blockIdx.x: many blocks a row, so that reading a large
+ * vocabulary is not one block's work. */
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
-    k_sample(int *out, const float *logits, const ms__cuk_sample_t *params, int V) {
+    k_row_max(ms__cuk_argmax_t *part, const float *logits, int V) {
   __shared__ float sm_v[32];
   __shared__ int sm_i[32];
-  __shared__ float part[SAMPLE_THREADS];
-  __shared__ int owner;
-  __shared__ float rest;
   const float *l = logits + (size_t)blockIdx.x * V;
-  ms__cuk_sample_t sp = params[blockIdx.x];
-  /* The arg max, lowest id on ties: each thread scans ids upwards. */
+  int chunk = (V + SAMPLE_SPLIT - 1) / SAMPLE_SPLIT;
+  int lo = blockIdx.y * chunk, hi = lo + chunk < V ? lo + chunk : V, n = blockDim.x;
   float bv = -INFINITY;
   int bi = V;
-  for (int i = threadIdx.x; i < V; i += blockDim.x)
-    if (bi == V || l[i] > bv) {
-      bv = l[i];
-      bi = i;
-    }
+  for (int i0 = lo + threadIdx.x; i0 < hi; i0 += 4 * n) {
+    float x[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+      x[u] = i0 + u * n < hi ? l[i0 + u * n] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < 4; u++) /* ids upwards: a tie keeps the lower */
+      if (i0 + u * n < hi && (bi == V || x[u] > bv)) {
+        bv = x[u];
+        bi = i0 + u * n;
+      }
+  }
   for (int o = 16; o > 0; o >>= 1) {
     float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
+    if (oi < V && (bi == V || ov > bv || (ov == bv && oi < bi))) {
       bv = ov;
       bi = oi;
     }
@@ -293,13 +588,34 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
     sm_i[warp] = bi;
   }
   __syncthreads();
-  bv = sm_v[0];
-  bi = sm_i[0];
-  for (int w = 1; w < nw; w++)
-    if (sm_v[w] > bv || (sm_v[w] == bv && sm_i[w] < bi)) {
-      bv = sm_v[w];
-      bi = sm_i[w];
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < nw; w++)
+      if (sm_i[w] < V && (bi == V || sm_v[w] > bv || (sm_v[w] == bv && sm_i[w] < bi))) {
+        bv = sm_v[w];
+        bi = sm_i[w];
+      }
+    part[(size_t)blockIdx.x * SAMPLE_SPLIT + blockIdx.y] = (ms__cuk_argmax_t){bv, bi};
+  }
+}
+
+static __global__ void __launch_bounds__(SAMPLE_THREADS)
+    k_sample(int *out, const float *logits, const ms__cuk_sample_t *params, int V,
+             const ms__cuk_argmax_t *part_in) {
+  __shared__ float part[SAMPLE_THREADS];
+  __shared__ int owner;
+  __shared__ float rest;
+  const float *l = logits + (size_t)blockIdx.x * V;
+  ms__cuk_sample_t sp = params[blockIdx.x];
+  /* The arg max, lowest id on ties, from k_row_max's parts. */
+  float bv = -INFINITY;
+  int bi = V;
+  for (int k = 0; k < SAMPLE_SPLIT; k++) {
+    ms__cuk_argmax_t pk = part_in[(size_t)blockIdx.x * SAMPLE_SPLIT + k];
+    if (pk.index < V && (bi == V || pk.value > bv || (pk.value == bv && pk.index < bi))) {
+      bv = pk.value;
+      bi = pk.index;
     }
+  }
   if (sp.temperature <= 0.0f || sp.top_k == 1 || !(bv > -INFINITY)) {
     if (threadIdx.x == 0)
       out[blockIdx.x] = bi < V ? bi : 0;
@@ -373,9 +689,11 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
 }
 
 extern "C" cudaError_t ms__cuk_sample(int *out, const float *logits, const ms__cuk_sample_t *params,
-                                      int rows, int vocab, cudaStream_t stream) {
+                                      int rows, int vocab, ms__cuk_argmax_t *part,
+                                      cudaStream_t stream) {
   if (rows <= 0)
     return cudaSuccess;
-  k_sample<<<rows, SAMPLE_THREADS, 0, stream>>>(out, logits, params, vocab);
+  k_row_max<<<dim3((unsigned)rows, SAMPLE_SPLIT), SAMPLE_THREADS, 0, stream>>>(part, logits, vocab);
+  k_sample<<<rows, SAMPLE_THREADS, 0, stream>>>(out, logits, params, vocab, part);
   return cudaGetLastError();
 }

@@ -38,8 +38,9 @@ cudaError_t ms__cuk_rmsnorm(uint16_t *out, const float *x, const int *rows_of, c
  * head_dim) in Hugging Face's rotate_half convention (pairs (i, i +
  * head_dim / 2), angles in double precision as the CPU backend does), and
  * stores k and v as bfloat16 at slot slot[t] (block * block_tokens +
- * offset) of the layer's pools k_pool and v_pool ([slots][kv_dim]). q stays
- * float32, in place. */
+ * offset) of the layer's pools k_pool and v_pool ([slots][kv_dim]); a row
+ * whose slot is negative (padding) stores nothing. q stays float32, in
+ * place. */
 cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, const uint16_t *bq,
                                const uint16_t *bk, const uint16_t *bv, const int *pos,
                                const int64_t *slot, uint16_t *k_pool, uint16_t *v_pool, int T,
@@ -55,6 +56,34 @@ cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_p
                               const int *pos, int T, int num_heads, int num_kv_heads, int head_dim,
                               int block_tokens, cudaStream_t stream);
 
+/* Decode projections (few token rows): most rows k_gemv takes, and most
+ * weight matrices one launch covers. */
+#define MS__CUDA_GEMV_T_MAX 8
+#define MS__CUDA_GEMV_SEGS  3
+
+/* One weight matrix of a k_gemv launch: y[t][r] for r < rows. */
+typedef struct ms__cuk_gemv_seg {
+  const uint16_t *w; /* bf16 [rows][in], 16-byte aligned */
+  float *y;          /* float32 [T][rows] */
+  int rows;
+} ms__cuk_gemv_seg_t;
+
+/* For each of nseg matrices: y[t][r] = W[r] . in[t] (+ y[t][r] when
+ * accumulate), t < T <= MS__CUDA_GEMV_T_MAX, in % 8 == 0. The input rows
+ * in[t] are X[t] (bf16 [T][in]) or, with X NULL, the RMSNorm of x's row
+ * rows_of[t] (t when rows_of is NULL) with weight norm_w, rounded to bf16
+ * as ms__cuk_rmsnorm rounds it. A row's result does not depend on T. */
+cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
+                         const float *x, const int *rows_of, const uint16_t *norm_w, float eps,
+                         int T, int in, int accumulate, cudaStream_t stream);
+
+/* out[t][r] = bf16(silu(g) * u) with g = W_gate[r] . in[t], u = W_up[r] .
+ * in[t], in[t] the RMSNorm of x[t] with norm_w (as ms__cuk_gemv), for r <
+ * rows and t < T <= MS__CUDA_GEMV_T_MAX. */
+cudaError_t ms__cuk_gemv_swiglu(uint16_t *out, const uint16_t *w_gate, const uint16_t *w_up,
+                                int rows, const float *x, const uint16_t *norm_w, float eps, int T,
+                                int in, cudaStream_t stream);
+
 /* out[i] = bf16(silu(gate[i]) * up[i]) for i < n. */
 cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const float *up, size_t n,
                            cudaStream_t stream);
@@ -67,15 +96,25 @@ typedef struct ms__cuk_sample {
   float u;           /* the request's uniform draw in [0, 1) */
 } ms__cuk_sample_t;
 
+/* Blocks that find a logits row's arg max together before it is sampled. */
+#define MS__CUDA_SAMPLE_SPLIT 32
+
+/* One block's arg max over its part of a row. */
+typedef struct ms__cuk_argmax {
+  float value;
+  int index; /* vocab: none */
+} ms__cuk_argmax_t;
+
 /* For r < rows: out[r] = the token drawn from logits row r ([rows][vocab],
  * float32) as params[r] says. Greedy is the arg max, lowest id on ties (as
  * the CPU sampler). Otherwise probabilities are softmax(logits /
  * temperature); the top_k and top_p cuts are thresholds on the logit, so
  * tokens tied with the last one kept are all kept; u times the kept mass
  * picks a token walking the kept ones in id order. Every sum runs in a
- * fixed order: the same row and u give the same token. */
+ * fixed order: the same row and u give the same token. part is scratch
+ * of rows * MS__CUDA_SAMPLE_SPLIT entries on the device. */
 cudaError_t ms__cuk_sample(int *out, const float *logits, const ms__cuk_sample_t *params, int rows,
-                           int vocab, cudaStream_t stream);
+                           int vocab, ms__cuk_argmax_t *part, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

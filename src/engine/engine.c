@@ -529,6 +529,8 @@ int ms__engine_create(const ms__engine_options_t *opt, ms__engine_t **out) {
   if (rc == 0) {
     rc = e->ops->create(&e->model, &e->kv.layout, opt->threads, e->max_tokens, e->max_context,
                         &e->cctx);
+    if (rc == 0 && e->ops->set_graphs)
+      e->ops->set_graphs(e->cctx, !opt->no_cuda_graphs);
   }
   if (rc == 0) {
     int prc = pthread_create(&e->thread, NULL, scheduler_main, e);
@@ -837,6 +839,43 @@ int ms__engine_kv_repair(ms__engine_t *e) {
     ms__kv_prefix_reset(&e->kv);
   pthread_mutex_unlock(&e->mu);
   return rc;
+}
+
+int ms__engine_has_graphs(const ms__engine_t *e) {
+  if (!e->ops->graph_stats)
+    return 0;
+  ms__graph_stats_t st;
+  e->ops->graph_stats(e->cctx, &st);
+  return st.enabled || st.graphs > 0;
+}
+
+/* The step lock keeps the graphs apart from a forward pass. */
+int ms__engine_graphs_release(ms__engine_t *e) {
+  if (!e->ops->graphs_release)
+    return 0;
+  pthread_mutex_lock(&e->step_mu);
+  int rc = e->ops->graphs_release(e->cctx);
+  pthread_mutex_unlock(&e->step_mu);
+  return rc;
+}
+
+int ms__engine_graphs_resume(ms__engine_t *e) {
+  if (!e->ops->graphs_resume)
+    return 0;
+  pthread_mutex_lock(&e->step_mu);
+  int rc = e->ops->graphs_resume(e->cctx);
+  pthread_mutex_unlock(&e->step_mu);
+  return rc;
+}
+
+int ms__engine_graph_stats(ms__engine_t *e, ms__graph_stats_t *out) {
+  if (!e->ops->graph_stats)
+    return ms__fail(MEMSLEEP_EINVAL, "graph_stats: the %s backend has no CUDA graphs",
+                    e->ops->name);
+  pthread_mutex_lock(&e->step_mu);
+  e->ops->graph_stats(e->cctx, out);
+  pthread_mutex_unlock(&e->step_mu);
+  return 0;
 }
 
 int ms__engine_reload_weights(ms__engine_t *e, const char *dir) {

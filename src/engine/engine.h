@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/compute.h"
 #include "engine/model.h"
 
 /* The waiting queue is full: try again later (HTTP 503 with Retry-After). */
@@ -87,6 +88,7 @@ typedef struct ms__engine_options {
   size_t max_queue;         /* waiting requests at most (0: 256); more: MS__EBUSY */
   int max_context;          /* prompt + new tokens at most (0: the model's) */
   int prefix_cache;         /* reuse KV blocks of identical prompt prefixes */
+  int no_cuda_graphs;       /* 1: the CUDA backend launches decode steps without graphs */
   ms__progress_fn progress; /* weight loading progress, may be NULL */
   void *progress_user;
 } ms__engine_options_t;
@@ -189,6 +191,22 @@ int ms__engine_kv_zero(ms__engine_t *e);
  * ms__engine_kv_zero (MEMSLEEP_ESTATE while requests run or "kv_cache" is
  * asleep). */
 int ms__engine_kv_repair(ms__engine_t *e);
+
+/* The CUDA graphs of decode steps (the server's tag "cuda_graph"): 1 if
+ * the backend has them (the CUDA one, graphs not switched off), else 0. */
+int ms__engine_has_graphs(const ms__engine_t *e);
+
+/* Destroys the graphs' executables (their device memory goes back; the
+ * graphs are kept) / instantiates them again from the kept graphs, without
+ * a recapture. Meanwhile decode steps run without graphs, with the same
+ * results. Both wait for a forward pass in flight; 0 (also when the backend
+ * has no graphs) or a negative code (resume: MEMSLEEP_ENOMEM when the
+ * device has no room; the executables stay released). */
+int ms__engine_graphs_release(ms__engine_t *e);
+int ms__engine_graphs_resume(ms__engine_t *e);
+
+/* The graphs' state; 0, or MEMSLEEP_EINVAL when the backend has none. */
+int ms__engine_graph_stats(ms__engine_t *e, ms__graph_stats_t *out);
 
 /* Reads the weights of dir into the loaded model's memory in place
  * (ms__model_reload), between two steps: it holds the step lock, so no

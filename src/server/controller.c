@@ -39,7 +39,8 @@ void __sanitizer_purge_allocator(void);
 /* Slice of a long wait: how often a drain looks at the shutdown flag. */
 #define WAIT_SLICE_MS 100L
 
-static const char *const TAG_NAMES[MS__TAG_COUNT] = {"weights", "kv_cache", "workspace"};
+static const char *const TAG_NAMES[MS__TAG_COUNT] = {"weights", "kv_cache", "workspace",
+                                                      "cuda_graph"};
 
 #define WEIGHTS_INVALID_REASON                                                                     \
   "the weights were released without backup (\"backup\": false) and have not been loaded "         \
@@ -56,6 +57,7 @@ struct ms__ctl {
   int busy;               /* a resume or a weight update is running */
   ms__pause_mode_t pause; /* the user's pause */
   int weights_valid;      /* the weights hold a model's contents */
+  unsigned available;     /* tags of this server */
 };
 
 const char *ms__pause_mode_name(ms__pause_mode_t m) {
@@ -100,6 +102,9 @@ ms__ctl_t *ms__ctl_create(ms__engine_t *e, int enabled, atomic_int *stopping) {
   c->stopping = stopping;
   c->enabled = enabled != 0;
   c->weights_valid = 1;
+  c->available = MS__TAG_WEIGHTS | MS__TAG_KV_CACHE | MS__TAG_WORKSPACE;
+  if (ms__engine_has_graphs(e))
+    c->available |= MS__TAG_GRAPH;
   return c;
 }
 
@@ -118,6 +123,7 @@ void ms__ctl_state(ms__ctl_t *c, ms__ctl_state_t *out) {
   out->draining_tags = c->draining_tags;
   out->pause = c->pause;
   out->weights_valid = c->weights_valid;
+  out->available = c->available;
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -149,24 +155,43 @@ static int stopping(const ms__ctl_t *c) {
   return c->stopping && atomic_load(c->stopping);
 }
 
-/* Fills names with the tag names of set; returns how many. */
+/* Fills names with the memsleep tag names of set (cuda_graph is the
+ * engine's, not memsleep's); returns how many. */
 static size_t tag_names(unsigned set, const char **names) {
   size_t n = 0;
   for (unsigned i = 0; i < MS__TAG_COUNT; i++)
-    if (set & (1u << i))
+    if ((set & (1u << i)) && (1u << i) != MS__TAG_GRAPH)
       names[n++] = TAG_NAMES[i];
   return n;
 }
 
-/* Measured resident bytes of the server's tags together. */
-static size_t resident_now(void) {
+/* Measured resident bytes of the server's tags together (the graphs'
+ * executables as instantiating them took). */
+static size_t resident_now(ms__ctl_t *c) {
   size_t sum = 0;
   for (unsigned i = 0; i < MS__TAG_COUNT; i++) {
     memsleep_stats_t st;
-    if (memsleep_measure(TAG_NAMES[i], &st) == 0)
+    if ((1u << i) != MS__TAG_GRAPH && memsleep_measure(TAG_NAMES[i], &st) == 0)
       sum += st.resident_bytes;
   }
+  ms__graph_stats_t gs;
+  if ((c->available & MS__TAG_GRAPH) && ms__engine_graph_stats(c->engine, &gs) == 0)
+    sum += gs.exec_bytes;
   return sum;
+}
+
+/* Refuses tags this server does not have (cuda_graph without graphs). 1
+ * if refused (c->mu held; the caller unlocks). */
+static int refuse_unavailable_locked(ms__ctl_t *c, unsigned tags, ms__ctl_result_t *res) {
+  unsigned bad = tags & ~c->available;
+  if (!bad)
+    return 0;
+  char list[128], list2[128];
+  refuse(res, 400,
+         "%s: no such tag on this server (cuda_graph needs --device cuda:N with CUDA graphs on); "
+         "its tags are %s; nothing changed",
+         ms__tag_list(bad, list, sizeof list), ms__tag_list(c->available, list2, sizeof list2));
+  return 1;
 }
 
 /* Reserved bytes of the tags of set (what a resume must map). */
@@ -252,14 +277,18 @@ void ms__ctl_release(ms__ctl_t *c, unsigned tags, int tags_given, int backup, lo
     return;
   }
   if (!tags_given) {
-    tags = MS__TAG_ALL & ~c->released;
+    tags = c->available & ~c->released;
     if (tags == 0) {
       pthread_mutex_unlock(&c->mu);
       refuse(res, 409,
-             "nothing to release: every tag (weights, kv_cache, workspace) is already released; "
-             "resume_memory_occupation first");
+             "nothing to release: every tag (%s) is already released; "
+             "resume_memory_occupation first",
+             ms__tag_list(c->available, list, sizeof list));
       return;
     }
+  } else if (refuse_unavailable_locked(c, tags, res)) {
+    pthread_mutex_unlock(&c->mu);
+    return;
   } else if (tags & c->released) {
     unsigned both = tags & c->released;
     unsigned rel = c->released;
@@ -316,13 +345,19 @@ void ms__ctl_release(ms__ctl_t *c, unsigned tags, int tags_given, int backup, lo
            memsleep_last_error());
     return;
   }
-  res->resident_before = resident_now();
+  res->resident_before = resident_now(c);
   const char *names[MS__TAG_COUNT];
   size_t n = tag_names(tags, names);
-  rc = memsleep_release_flags(names, n, backup ? 0 : MEMSLEEP_RELEASE_NO_BACKUP);
+  /* The graphs' executables first: destroying them cannot fail, and they
+   * are instantiated again should memsleep's part fail. */
+  if (tags & MS__TAG_GRAPH)
+    ms__engine_graphs_release(c->engine);
+  rc = n > 0 ? memsleep_release_flags(names, n, backup ? 0 : MEMSLEEP_RELEASE_NO_BACKUP) : 0;
   if (rc != 0) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", memsleep_last_error());
+    if (tags & MS__TAG_GRAPH)
+      ms__engine_graphs_resume(c->engine);
     release_cancel(c);
     refuse(res, 500,
            "releasing %s failed (%s): %s; memsleep rolled back and nothing was released; retry",
@@ -335,7 +370,7 @@ void ms__ctl_release(ms__ctl_t *c, unsigned tags, int tags_given, int backup, lo
 #ifdef MS__PURGE_SANITIZER_HEAP
   __sanitizer_purge_allocator();
 #endif
-  res->resident_after = resident_now();
+  res->resident_after = resident_now(c);
 
   pthread_mutex_lock(&c->mu);
   c->released |= tags;
@@ -388,6 +423,9 @@ void ms__ctl_resume(ms__ctl_t *c, unsigned tags, int tags_given, ms__ctl_result_
       pthread_mutex_unlock(&c->mu);
       return;
     }
+  } else if (refuse_unavailable_locked(c, tags, res)) {
+    pthread_mutex_unlock(&c->mu);
+    return;
   } else if (tags & ~c->released) {
     unsigned awake = tags & ~c->released;
     unsigned rel = c->released;
@@ -401,7 +439,19 @@ void ms__ctl_resume(ms__ctl_t *c, unsigned tags, int tags_given, ms__ctl_result_
 
   const char *names[MS__TAG_COUNT];
   size_t n = tag_names(tags, names);
-  int rc = memsleep_resume(names, n);
+  /* The graphs' executables first (they need no memory contents): when
+   * the device has no room for them, nothing has changed yet. */
+  int rc = (tags & MS__TAG_GRAPH) ? ms__engine_graphs_resume(c->engine) : 0;
+  int graphs_back = rc == 0 && (tags & MS__TAG_GRAPH);
+  if (rc == 0 && n > 0) {
+    rc = memsleep_resume(names, n);
+    if (rc != 0 && graphs_back) {
+      char keep[512];
+      snprintf(keep, sizeof keep, "%s", memsleep_last_error());
+      ms__engine_graphs_release(c->engine);
+      ms__fail(rc, "%s", keep);
+    }
+  }
   if (rc == 0 && (tags & MS__TAG_KV_CACHE) && ms__engine_kv_repair(c->engine) != 0) {
     /* Never let an unrepaired pool be used: put kv_cache back to sleep. */
     char msg[512];

@@ -28,8 +28,9 @@
 #define MS__TAG_WEIGHTS   0x1u
 #define MS__TAG_KV_CACHE  0x2u
 #define MS__TAG_WORKSPACE 0x4u
-#define MS__TAG_ALL       0x7u
-#define MS__TAG_COUNT     3
+#define MS__TAG_GRAPH     0x8u /* "cuda_graph": the decode graphs' executables, not memsleep's */
+#define MS__TAG_ALL       0xfu
+#define MS__TAG_COUNT     4
 
 /* Default and largest drain timeout of a release, in milliseconds. */
 #define MS__DRAIN_TIMEOUT_DEFAULT_MS 60000L
@@ -46,7 +47,7 @@ typedef enum ms__pause_mode {
 const char *ms__pause_mode_name(ms__pause_mode_t m);
 
 /* Name of tag bit i (0 .. MS__TAG_COUNT-1): "weights", "kv_cache",
- * "workspace". */
+ * "workspace", "cuda_graph". */
 const char *ms__tag_name(unsigned i);
 
 /* Writes the names of the tags of set into buf ("weights, kv_cache"; "none"
@@ -77,10 +78,12 @@ typedef struct ms__ctl_state {
   unsigned draining_tags; /* its tags */
   ms__pause_mode_t pause; /* the user's pause */
   int weights_valid;      /* 0 after a release without backup, until a reload */
+  unsigned available;     /* the tags this server has (cuda_graph only with graphs) */
 } ms__ctl_state_t;
 
 /* Creates the controller of engine e. enabled: memory saving on (release
- * and resume answer 400 otherwise, rule 10). stopping (may be NULL) is
+ * and resume answer 400 otherwise, rule 10). The tags are weights,
+ * kv_cache and workspace, and cuda_graph when the engine has CUDA graphs. stopping (may be NULL) is
  * read while waiting, so that a shutdown ends a drain. NULL when out of
  * memory. */
 ms__ctl_t *ms__ctl_create(ms__engine_t *e, int enabled, atomic_int *stopping);

@@ -59,6 +59,8 @@ static void usage(FILE *f) {
           "  --kv-block-tokens N      tokens per KV cache block (default 16)\n"
           "  --kv-blocks N            KV cache blocks (default: max-batch full contexts)\n"
           "  --no-prefix-cache        do not reuse the KV of identical prompt prefixes\n"
+          "  --cuda-graphs on|off     CUDA device: replay decode steps as CUDA graphs (tag\n"
+          "                           cuda_graph; default on)\n"
           "  --max-body-bytes N       largest request body; larger get 413 (default %zu)\n"
           "  --max-connections N      open connections at most (default 1024)\n"
           "  --timeout S              idle connection timeout in seconds (default 120)\n"
@@ -155,6 +157,7 @@ int main(int argc, char **argv) {
     O_ADMIN_KEY,
     O_ALLOWED_DIR,
     O_DEVICE,
+    O_GRAPHS,
     O_VERSION
   };
   static const struct option longopts[] = {
@@ -178,6 +181,7 @@ int main(int argc, char **argv) {
       {"admin-api-key", required_argument, NULL, O_ADMIN_KEY},
       {"allowed-model-dir", required_argument, NULL, O_ALLOWED_DIR},
       {"device", required_argument, NULL, O_DEVICE},
+      {"cuda-graphs", required_argument, NULL, O_GRAPHS},
       {"help", no_argument, NULL, 'h'},
       {"version", no_argument, NULL, O_VERSION},
       {NULL, 0, NULL, 0}};
@@ -216,6 +220,13 @@ int main(int argc, char **argv) {
       break;
     case O_NOPREFIX:
       o->prefix_cache = 0;
+      break;
+    case O_GRAPHS:
+      if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+        fprintf(stderr, "memsleep-serve: --cuda-graphs: \"%s\" is not on or off\n", optarg);
+        return 2;
+      }
+      o->no_cuda_graphs = strcmp(optarg, "off") == 0;
       break;
     case O_BODY:
       o->max_body_bytes =
@@ -331,6 +342,7 @@ int main(int argc, char **argv) {
   eo.max_queue = o->max_queue;
   eo.max_context = o->max_context;
   eo.prefix_cache = o->prefix_cache;
+  eo.no_cuda_graphs = o->no_cuda_graphs;
   eo.progress = on_progress;
   eo.progress_user = &last_pct;
   fprintf(stderr, "memsleep-serve: loading %s on %s\n", o->model_dir,

@@ -30,8 +30,10 @@ enum MHD_Result ms__route_health(ms__http_req_t *req) {
 }
 
 /* Per-tag memory: {"weights": {"allocations": .., "reserved_bytes": ..,
- * "resident_bytes": .., "backup_bytes": .., "asleep": bool}, ...}. */
-static json_t *memory_json(void) {
+ * "resident_bytes": .., "backup_bytes": .., "asleep": bool}, ...}; with
+ * CUDA graphs also "cuda_graph": its executables (allocations; bytes as
+ * instantiating them took from the device) and the graphs' counters. */
+static json_t *memory_json(ms__server_t *srv) {
   char names[TAGS_MAX][MEMSLEEP_TAG_MAX + 1];
   int nt = memsleep_tags(names, TAGS_MAX);
   json_t *m = json_object();
@@ -46,6 +48,19 @@ static json_t *memory_json(void) {
                   (json_int_t)st.resident_bytes, "backup_bytes", (json_int_t)st.backup_bytes,
                   "asleep", memsleep_is_asleep(names[i]) == 1));
   }
+  ms__graph_stats_t g;
+  ms__ctl_state_t cs;
+  ms__ctl_state(srv->ctl, &cs);
+  if ((cs.available & MS__TAG_GRAPH) && ms__engine_graph_stats(srv->engine, &g) == 0)
+    json_object_set_new(
+        m, "cuda_graph",
+        json_pack("{s:I,s:I,s:I,s:I,s:b,s:b,s:I,s:I,s:I,s:I,s:s}", "allocations",
+                  (json_int_t)g.executables, "reserved_bytes", (json_int_t)g.reserved_bytes,
+                  "resident_bytes", (json_int_t)g.exec_bytes, "backup_bytes", (json_int_t)0,
+                  "asleep", g.asleep, "enabled", g.enabled, "graphs", (json_int_t)g.graphs,
+                  "captures", (json_int_t)g.captures, "instantiations",
+                  (json_int_t)g.instantiations, "replays", (json_int_t)g.replays, "error",
+                  g.error));
   return m;
 }
 
@@ -100,7 +115,7 @@ static json_t *scheduler_json(ms__server_t *srv) {
                    (json_int_t)s.prefix_cached_blocks, "steps", (json_int_t)s.steps);
 }
 
-/* The sleep/wake controller's state: {"enabled", "released_tags",
+/* The sleep/wake controller's state: {"enabled", "tags", "released_tags",
  * "draining", "paused", "pause_mode", "weights_valid"}. */
 static json_t *memory_saver_json(ms__server_t *srv) {
   ms__ctl_state_t st;
@@ -109,10 +124,15 @@ static json_t *memory_saver_json(ms__server_t *srv) {
   for (unsigned i = 0; i < MS__TAG_COUNT; i++)
     if (st.released & (1u << i))
       json_array_append_new(tags, json_string(ms__tag_name(i)));
+  json_t *avail = json_array();
+  for (unsigned i = 0; i < MS__TAG_COUNT; i++)
+    if (st.available & (1u << i))
+      json_array_append_new(avail, json_string(ms__tag_name(i)));
   const char *mode = ms__pause_mode_name(st.pause);
-  return json_pack("{s:b,s:o,s:b,s:b,s:o,s:b}", "enabled", st.enabled, "released_tags", tags,
-                   "draining", st.draining, "paused", st.pause != MS__PAUSE_NONE, "pause_mode",
-                   mode ? json_string(mode) : json_null(), "weights_valid", st.weights_valid);
+  return json_pack("{s:b,s:o,s:o,s:b,s:b,s:o,s:b}", "enabled", st.enabled, "tags", avail,
+                   "released_tags", tags, "draining", st.draining, "paused",
+                   st.pause != MS__PAUSE_NONE, "pause_mode", mode ? json_string(mode) : json_null(),
+                   "weights_valid", st.weights_valid);
 }
 
 enum MHD_Result ms__route_server_info(ms__http_req_t *req) {
@@ -160,7 +180,7 @@ enum MHD_Result ms__route_server_info(ms__http_req_t *req) {
   }
   json_t *info = json_pack("{s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:I}", "server", "memsleep-serve",
                            "version", MS__SERVER_VERSION, "model", model, "arguments", args,
-                           "scheduler", scheduler_json(srv), "memory", memory_json(),
+                           "scheduler", scheduler_json(srv), "memory", memory_json(srv),
                            "memory_saver", memory_saver_json(srv), "process", process_json(),
                            "uptime_s", (json_int_t)(time(NULL) - srv->started));
   if (!info)

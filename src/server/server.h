@@ -37,6 +37,7 @@ typedef struct ms__server_options {
   size_t max_queue;              /* --max-queue: waiting requests at most */
   int max_context;               /* --max-context (0: the model's) */
   int prefix_cache;              /* --no-prefix-cache clears it */
+  int no_cuda_graphs;            /* --cuda-graphs off */
   unsigned connection_limit;     /* --max-connections */
   unsigned timeout_s;            /* idle connection timeout */
   unsigned request_timeout_s;    /* --request-timeout: a request must arrive whole within it */

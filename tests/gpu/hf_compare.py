@@ -20,7 +20,8 @@ Two steps, because the GPU machine need not build memsleep's engine:
   hf_compare.py gpu --mkmodel PATH --dump PATH --workdir DIR [--device cuda:0]
       (on the GPU machine, with the engine built there) makes the same
       models, has the engine compute the logits of GPU_PROMPT on the GPU in
-      bfloat16 (engine_gpu_dump: half the prompt prefilled, the rest decoded
+      bfloat16 (--dump is tests/engine/dump_logits, run as dump_logits
+      --device DEVICE --out FILE: half the prompt prefilled, the rest decoded
       one token at a time over a scattered paged KV cache), and loads each
       directory with transformers in bfloat16 and in float32 on the same
       GPU (TF32 off). Prints, per model, the worst row's relative error
@@ -119,13 +120,13 @@ def gpu(args):
         subprocess.run([args.mkmodel, "--out", d, "--force", "--seed", "7"] + extra, check=True,
                        stdout=subprocess.DEVNULL)
         out = os.path.join(d, "memsleep_gpu_logits.f32")
-        r = subprocess.run([args.dump, args.device, d, ",".join(map(str, GPU_PROMPT)), out],
-                           capture_output=True, text=True)
+        r = subprocess.run([args.dump, "--device", args.device, "--out", out, d,
+                            ",".join(map(str, GPU_PROMPT))], capture_output=True, text=True)
         if r.returncode == 77:
             print(f"hf_compare gpu: skipped, {r.stderr.strip()}")
             return 77
         if r.returncode != 0:
-            print(f"{name}: engine_gpu_dump failed: {r.stderr.strip()}")
+            print(f"{name}: dump_logits failed: {r.stderr.strip()}")
             failed += 1
             continue
         ids = torch.tensor([GPU_PROMPT], device=dev)

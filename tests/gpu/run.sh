@@ -94,18 +94,25 @@ if pkg-config --exists jansson libmicrohttpd libcurl 2>/dev/null; then
        -DMEMSLEEP_BUILD_SERVER=ON -DMEMSLEEP_GPU_TESTS=ON -DMEMSLEEP_BUILD_BENCH=OFF \
        -DMEMSLEEP_CUDA_ENGINE=ON >"$log_dir/engine-configure.log" 2>&1 &&
      cmake --build "$build-engine" -j"$jobs" --target engine_gpu_test memsleep-serve \
-       memsleep-mkmodel engine_gpu_dump >"$log_dir/engine-build.log" 2>&1; then
+       memsleep-mkmodel dump_logits >"$log_dir/engine-build.log" 2>&1; then
     run engine_gpu_vs_cpu "$build-engine/tests/gpu/engine_gpu_test"
     # After releasing every tag, the engine's process against a bare one.
     cmake --build "$build-engine" -j"$jobs" --target engine_residual_test memsleep-probe \
       >>"$log_dir/engine-build.log" 2>&1
     run engine_residual "$build-engine/tests/gpu/engine_residual_test" \
       "$build-engine/tools/memsleep-probe"
+    # The same through memsleep-serve over HTTP: release every tag (CUDA
+    # graphs included), the server's process against a bare one.
+    run serve_residual python3 tests/gpu/serve_residual.py \
+      --serve "$build-engine/src/server/memsleep-serve" \
+      --mkmodel "$build-engine/tools/memsleep-mkmodel" --probe "$build-engine/tools/memsleep-probe" \
+      --residual-test "$build-engine/tests/gpu/engine_residual_test" \
+      --workdir "$build-engine/serve-residual"
     # The GPU engine's logits against transformers in bf16 (and float32) on
     # the same GPU, for each architecture memsleep-mkmodel makes.
     run engine_hf_logits_bf16 python3 tests/gpu/hf_compare.py gpu \
       --mkmodel "$build-engine/tools/memsleep-mkmodel" \
-      --dump "$build-engine/tests/gpu/engine_gpu_dump" --workdir "$build-engine/hf-bf16"
+      --dump "$build-engine/tests/engine/dump_logits" --workdir "$build-engine/hf-bf16"
     # The server's rules (control plane: the fourteen sleep/wake rules) and
     # its HTTP behaviour, against a server on the GPU.
     serve_args=(--serve "$build-engine/src/server/memsleep-serve"
@@ -125,6 +132,15 @@ if pkg-config --exists jansson libmicrohttpd libcurl 2>/dev/null; then
       python3 tests/integration/test_server.py "${serve_args[@]}" \
       --ctl "$build-engine/tools/memsleepctl" "${ctl_tests[@]}"
     if [ "$bench" = 1 ]; then
+      # The compute backend's decode step (graphs on and off) against the
+      # batch-1 bound, on the model bench/gpu_serving.py serves.
+      cmake --build "$build-engine" -j"$jobs" --target bench_engine_decode \
+        >>"$log_dir/engine-build.log" 2>&1
+      decode_model=$build-engine/decode-model
+      "$build-engine/tools/memsleep-mkmodel" --out "$decode_model" --force --arch qwen2 \
+        --layers 24 --hidden 896 --heads 14 --kv-heads 2 --intermediate 4864 \
+        --rope-theta 1000000 --dtype bf16 --max-position 4096 --vocab 151936 >/dev/null
+      run bench_engine_decode "$build-engine/bench/bench_engine_decode" "$decode_model"
       # Decode throughput against transformers, and sleep/wake over HTTP
       # against a pinned copy (bench/gpu_serving.py; docs/PERFORMANCE.md).
       run bench_gpu_serving python3 bench/gpu_serving.py --build "$build-engine"

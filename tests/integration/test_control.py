@@ -37,7 +37,23 @@ MODEL_B = None      # same shapes, other weights (seed 2)
 MODEL_BAD = None    # other shapes (2 layers): update must refuse it
 MODEL_LONG = None   # 8192-token context: requests that outlast a drain timeout
 
-TAGS = ["weights", "kv_cache", "workspace"]
+TAGS = ["weights", "kv_cache", "workspace"]  # the tags holding memsleep memory
+
+
+def graphs_expected():
+    """True when the servers under test replay CUDA graphs: on a GPU
+    (MEMSLEEP_TEST_SERVE_ARGS names --device cuda:N) without --cuda-graphs
+    off. Their extra tag cuda_graph is released with every full release;
+    test_tags_are_what_the_server_says checks this guess against the server."""
+    args = os.environ.get("MEMSLEEP_TEST_SERVE_ARGS", "").split()
+    on_gpu = any(a.startswith("cuda") or a.startswith("--device=cuda") for a in args)
+    off = any(a == "off" and i > 0 and args[i - 1] == "--cuda-graphs" for i, a in enumerate(args))
+    return on_gpu and "--cuda-graphs=off" not in args and not off
+
+
+# Every tag of the servers under test: the memsleep ones, and cuda_graph.
+ALL_TAGS = TAGS + (["cuda_graph"] if graphs_expected() else [])
+GRAPH = ["cuda_graph"] if graphs_expected() else []
 
 # A set of prompts whose greedy answers must survive every cycle.
 PROMPTS = [
@@ -231,7 +247,7 @@ class Rules(ControlCase):
         status, j = rel.value(60)
         self.assertEqual(status, 200, j)
         self.assertTrue(j["success"])
-        self.assertEqual(sorted(j["released"]), sorted(TAGS))
+        self.assertEqual(sorted(j["released"]), sorted(ALL_TAGS))
         self.assertGreaterEqual(j["drained_requests"], 1)
         # Asleep: the queued request still waits, and runs after the wake.
         self.assertTrue(queued.is_alive(), "a request ran while the memory was released")
@@ -530,7 +546,7 @@ class Rules(ControlCase):
     def test_rule_11_weights_discarded_refuse_generation_until_update(self):
         before = self.answers()
         j = self.release(backup=False)
-        self.assertEqual(sorted(j["released"]), sorted(TAGS))
+        self.assertEqual(sorted(j["released"]), sorted(ALL_TAGS))
         self.assertFalse(self.state()["weights_valid"])
         # Refused at once, even while asleep: a queued request could only
         # ever run on the discarded weights.
@@ -583,11 +599,11 @@ class Rules(ControlCase):
         before = self.answers()
         self.release(backup=False)
         j = self.resume(tags=["weights"])
-        self.assertEqual(sorted(j["released_tags"]), ["kv_cache", "workspace"])
+        self.assertEqual(sorted(j["released_tags"]), sorted(["kv_cache", "workspace"] + GRAPH))
         self.ok("/update_weights_from_disk", {"model_path": MODEL_DIR})
         st = self.state()
         self.assertTrue(st["weights_valid"], st)
-        self.assertEqual(sorted(st["released_tags"]), ["kv_cache", "workspace"])
+        self.assertEqual(sorted(st["released_tags"]), sorted(["kv_cache", "workspace"] + GRAPH))
         self.resume()
         self.assert_same_answers(before, "after the RL-order wake")
 
@@ -624,10 +640,10 @@ class Rules(ControlCase):
         before = self.answers()
         status, j = self.post("/sleep?level=1", None)
         self.assertEqual(status, 200, j)
-        self.assertEqual(self.released_tags(), sorted(TAGS))
+        self.assertEqual(self.released_tags(), sorted(ALL_TAGS))
         self.assertTrue(self.state()["weights_valid"])
         j = self.ok("/wake_up?tags=weights,kv_cache", None)
-        self.assertEqual(self.released_tags(), ["workspace"])
+        self.assertEqual(self.released_tags(), sorted(["workspace"] + GRAPH))
         self.ok("/wake_up", None)
         self.assertEqual(self.released_tags(), [])
         self.assert_same_answers(before, "after /sleep?level=1 and /wake_up")
@@ -763,6 +779,43 @@ class Memory(ControlCase):
         else:
             self.assertEqual(mem["weights"]["backup_bytes"], 0)
         self.assert_same_answers(before, "after release with backup")
+
+
+class CudaGraphTag(ControlCase):
+    """Tag cuda_graph: the decode steps' CUDA graphs on a GPU server; an
+    unknown tag elsewhere."""
+
+    def test_tags_are_what_the_server_says(self):
+        self.assertEqual(self.info()["memory_saver"]["tags"], ALL_TAGS)
+
+    def test_cuda_graph_release_and_resume(self):
+        if not GRAPH:
+            for path in ("/release_memory_occupation", "/resume_memory_occupation"):
+                self.refused(path, {"tags": ["cuda_graph"]}, 400, "cuda_graph", "no such tag",
+                             *TAGS)
+            self.assertEqual(self.released_tags(), [])
+            self.assertNotIn("cuda_graph", self.tag_memory())
+            return
+        before = self.answers()
+        g = self.tag_memory()["cuda_graph"]
+        self.assertGreater(g["graphs"], 0, g)
+        self.assertEqual(g["allocations"], g["graphs"], g)
+        self.assertFalse(g["asleep"], g)
+        j = self.release(tags=["cuda_graph"])
+        self.assertEqual(j["released"], ["cuda_graph"])
+        gr = self.tag_memory()["cuda_graph"]
+        self.assertTrue(gr["asleep"], gr)
+        self.assertEqual((gr["allocations"], gr["resident_bytes"]), (0, 0), gr)
+        self.assertEqual(gr["graphs"], g["graphs"], "the graphs themselves are kept")
+        for tag in TAGS:
+            self.assertFalse(self.tag_memory()[tag]["asleep"], tag)
+        self.resume()
+        gw = self.tag_memory()["cuda_graph"]
+        self.assertEqual(gw["allocations"], g["graphs"], gw)
+        self.assertEqual(gw["captures"], g["captures"], "resume captured again")
+        self.assertEqual(gw["instantiations"], g["instantiations"] + g["graphs"], gw)
+        self.assert_same_answers(before, "after releasing cuda_graph")
+        self.assertGreater(self.tag_memory()["cuda_graph"]["replays"], g["replays"])
 
 
 class PauseModes(ControlCase):
