@@ -99,8 +99,11 @@ static double decode_ms(run_t *r, int B, int graphs) {
   for (int s = 0; s < B; s++) {
     for (int i = 0; i < PROMPT; i++)
       tokens[s][i] = (s * 37 + i * 11 + 5) % r->vocab;
-    seq[s] = (ms__batch_seq_t){.tokens = tokens[s], .n_tokens = PROMPT, .start_pos = 0,
-                               .block_table = tables[s], .token = &next[s]};
+    seq[s] = (ms__batch_seq_t){.tokens = tokens[s],
+                               .n_tokens = PROMPT,
+                               .start_pos = 0,
+                               .block_table = tables[s],
+                               .token = &next[s]};
   }
   /* The prompts, as many at a time as a pass takes (256 tokens). */
   for (int s0 = 0; s0 < B; s0 += 256 / PROMPT) {
@@ -146,7 +149,7 @@ int main(int argc, char **argv) {
   }
   if (!dir || steps < 10 || steps > MAX_STEP) {
     fprintf(stderr, "bench_engine_decode: a model directory and 10 <= steps <= %d are needed\n",
-                    MAX_STEP);
+            MAX_STEP);
     return 1;
   }
   if (ms__device_check(0) != 0) {
@@ -165,8 +168,7 @@ int main(int argc, char **argv) {
   ms__kv_cache_t kv;
   memset(&kv, 0, sizeof kv);
   run_t r = {ms__compute_for(0), NULL, &kv, c->vocab_size, bt, steps};
-  int rc = ms__kv_create(&kv, c->num_layers, c->num_kv_heads * c->head_dim, bt,
-                         per_seq * MAX_B, 0);
+  int rc = ms__kv_create(&kv, c->num_layers, c->num_kv_heads * c->head_dim, bt, per_seq * MAX_B, 0);
   if (rc == 0)
     rc = r.ops->create(&m, &kv.layout, 0, 256, max_ctx, &r.ctx);
   if (rc != 0) {

@@ -64,11 +64,11 @@ static const int DECODE_SIZES[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192,
 
 /* The graph of one decode batch size. */
 typedef struct decode_graph {
-  int rows;              /* the batch size */
-  cudaGraph_t graph;     /* captured on first use; kept until destroy */
-  cudaGraphExec_t exec;  /* its executable, or NULL (not yet, or released) */
-  size_t exec_bytes;     /* device memory instantiating it took (0 while released) */
-  size_t last_bytes;     /* the same, kept across a release */
+  int rows;             /* the batch size */
+  cudaGraph_t graph;    /* captured on first use; kept until destroy */
+  cudaGraphExec_t exec; /* its executable, or NULL (not yet, or released) */
+  size_t exec_bytes;    /* device memory instantiating it took (0 while released) */
+  size_t last_bytes;    /* the same, kept across a release */
 } decode_graph_t;
 
 /* A GEMM shape's cuBLASLt descriptors and the algorithm chosen for it. */
@@ -81,20 +81,20 @@ typedef struct lt_plan {
 } lt_plan_t;
 
 typedef struct cuda_ctx {
-  const ms__model_t *m;   /* the model (bfloat16 weights on the device) */
-  ms__kv_layout_t kv;     /* the KV pool (bfloat16 on the device) */
-  int device;             /* CUDA ordinal */
-  int max_tokens;         /* new tokens per forward pass at most */
-  int max_context;        /* positions per sequence at most */
-  size_t table_cap;       /* block-table entries per forward pass at most */
-  int logit_rows;         /* rows of the logits buffer */
-  int gemv;               /* 1: batches of <= MS__CUDA_GEMV_T_MAX rows use k_gemv */
+  const ms__model_t *m; /* the model (bfloat16 weights on the device) */
+  ms__kv_layout_t kv;   /* the KV pool (bfloat16 on the device) */
+  int device;           /* CUDA ordinal */
+  int max_tokens;       /* new tokens per forward pass at most */
+  int max_context;      /* positions per sequence at most */
+  size_t table_cap;     /* block-table entries per forward pass at most */
+  int logit_rows;       /* rows of the logits buffer */
+  int gemv;             /* 1: batches of <= MS__CUDA_GEMV_T_MAX rows use k_gemv */
   decode_graph_t graphs[DECODE_SIZES_MAX]; /* per decode batch size, ascending */
   int n_sizes;                             /* entries of graphs in use */
   int graphs_on;                           /* decode steps replay graphs */
   int graphs_asleep;                       /* executables released */
   uint64_t captures, instantiations, replays;
-  char graph_error[200]; /* why graphs were turned off, or "" */
+  char graph_error[200];  /* why graphs were turned off, or "" */
   cudaStream_t stream;    /* every kernel, copy and GEMM */
   cublasLtHandle_t lt;    /* cuBLASLt (holds no device memory) */
   lt_plan_t plans[PLANS]; /* kept GEMM plans, least recently used replaced */
@@ -745,8 +745,8 @@ static int cuda_forward(void *ctx, const ms__batch_seq_t *seqs, size_t n) {
   if (rc == 1)
     rc = forward_queue(c, rows, nsel, decode);
   if (rc == 0 && wanted > 0) {
-    e = cudaMemcpyAsync(c->h_next, c->d_next, sizeof(int) * (size_t)wanted,
-                        cudaMemcpyDeviceToHost, c->stream);
+    e = cudaMemcpyAsync(c->h_next, c->d_next, sizeof(int) * (size_t)wanted, cudaMemcpyDeviceToHost,
+                        c->stream);
     if (e != cudaSuccess)
       rc = cuda_err(e, "cudaMemcpyAsync (sampled tokens to the host)");
   }

@@ -23,7 +23,6 @@
 
 #define ATT_WARPS      8
 #define GEMV_WARPS     8
-#define GEMV_ROWS      4
 #define SAMPLE_THREADS 512
 #define SAMPLE_SPLIT   MS__CUDA_SAMPLE_SPLIT
 
@@ -157,8 +156,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
     for (int c = 0; c < CH; c++) {
       int s = s0 + c;
-      size_t base = s <= p ? ((size_t)table[s / bt] * bt + (size_t)(s % bt)) * kvd + (size_t)g * hd
-                           : 0;
+      size_t base =
+          s <= p ? ((size_t)table[s / bt] * bt + (size_t)(s % bt)) * kvd + (size_t)g * hd : 0;
 #pragma unroll
       for (int j = 0; j < PL; j++) {
         int d = lane + 32 * j;
@@ -358,16 +357,24 @@ static __device__ __forceinline__ int gemv_seg(const gemv_args_t &a, int r, int 
   return s;
 }
 
-/* Each warp takes GEMV_ROWS output rows at once (grid-stride over the rows
- * of all segments): their 16-byte words go round the lanes, all the rows'
- * loads issued before any is used, each word meets every input row (TM:
- * the most input rows, a compile-time bound of T), and the lanes' sums are
- * added in a fixed order - so a row's result does not depend on T, nor on
- * which rows share its warp. */
-template <int TM>
+/* GEMV_R output rows go together. A block's GEMV_WARPS warps form
+ * GEMV_WARPS / S groups of S warps; a group takes GEMV_R rows at a time
+ * (grid-stride), its S warps splitting the rows' 16-byte words between
+ * them (word v to warp (v / 32) % S, lane v % 32), all the rows' loads
+ * issued before any is used; each word meets every input row (TM: a
+ * compile-time bound of T). A warp's lanes are summed by shuffles, the
+ * group's warps in warp order through shared memory - a fixed order that
+ * depends on the width only, so a row's result does not depend on T nor
+ * on the rows beside it. S is chosen by the width: wide rows (down_proj)
+ * are split over more warps, so that there are enough loads in flight. */
+#define GEMV_R 2
+template <int TM, int S>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) {
+  constexpr int G = GEMV_WARPS / S; /* groups per block */
   __shared__ float scale[MS__CUDA_GEMV_T_MAX];
-  int lane = threadIdx.x % 32, nv = a.in / 8;
+  __shared__ float part[GEMV_WARPS][GEMV_R][TM][2];
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = warp / S, k = warp % S;
+  int nv = a.in / 8, swiglu = a.swiglu_out != NULL;
   if (!a.X)
     for (int t = 0; t < a.T; t++) {
       int row = a.rows_of ? a.rows_of[t] : t;
@@ -380,108 +387,126 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) 
         scale[t] = rsqrtf(ss / (float)a.in + a.eps);
     }
   __syncthreads();
-  int rows = a.swiglu_out ? a.seg[0].rows : 0;
-  if (!a.swiglu_out)
+  int rows = swiglu ? a.seg[0].rows : 0;
+  if (!swiglu)
     for (int s = 0; s < a.nseg; s++)
       rows += a.seg[s].rows;
-  int stride = gridDim.x * GEMV_WARPS * GEMV_ROWS;
-  for (int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * GEMV_ROWS; r0 < rows;
-       r0 += stride) {
-    const uint4 *w0[GEMV_ROWS], *w1[GEMV_ROWS];
-    int seg[GEMV_ROWS], rr[GEMV_ROWS];
+  /* The loop runs the same number of times in every thread of the block
+   * (it holds __syncthreads). */
+  for (int base = blockIdx.x * G * GEMV_R; base < rows; base += gridDim.x * G * GEMV_R) {
+    int r0 = base + g * GEMV_R;
+    const uint4 *w0[GEMV_R], *w1[GEMV_R];
 #pragma unroll
-    for (int j = 0; j < GEMV_ROWS; j++) {
-      int r = r0 + j < rows ? r0 + j : rows - 1; /* a row past the end repeats the last */
-      seg[j] = gemv_seg(a, r, &rr[j]);
-      w0[j] = (const uint4 *)(a.seg[seg[j]].w + (size_t)rr[j] * a.in);
-      w1[j] = a.swiglu_out ? (const uint4 *)(a.seg[1].w + (size_t)rr[j] * a.in) : w0[j];
+    for (int j = 0; j < GEMV_R; j++) {
+      int r = r0 + j < rows ? r0 + j : rows - 1, rr; /* past the end: repeats the last */
+      int sg = gemv_seg(a, r, &rr);
+      w0[j] = (const uint4 *)(a.seg[sg].w + (size_t)rr * a.in);
+      w1[j] = swiglu ? (const uint4 *)(a.seg[1].w + (size_t)rr * a.in) : w0[j];
     }
-    float acc0[GEMV_ROWS][TM], acc1[GEMV_ROWS][TM];
+    float acc0[GEMV_R][TM], acc1[GEMV_R][TM];
 #pragma unroll
-    for (int j = 0; j < GEMV_ROWS; j++)
+    for (int j = 0; j < GEMV_R; j++)
 #pragma unroll
       for (int t = 0; t < TM; t++)
         acc0[j][t] = acc1[j][t] = 0.0f;
-    for (int v = lane; v < nv; v += 32) {
-      float f0[GEMV_ROWS][8], f1[GEMV_ROWS][8], in[8];
-      uint4 u0[GEMV_ROWS], u1[GEMV_ROWS];
+    for (int v = k * 32 + lane; v < nv; v += S * 32) {
+      uint4 u0[GEMV_R], u1[GEMV_R];
 #pragma unroll
-      for (int j = 0; j < GEMV_ROWS; j++) {
+      for (int j = 0; j < GEMV_R; j++) {
         u0[j] = load_stream(w0[j] + v);
-        if (a.swiglu_out)
+        if (swiglu)
           u1[j] = load_stream(w1[j] + v);
       }
 #pragma unroll
-      for (int j = 0; j < GEMV_ROWS; j++) {
-        unpack8(u0[j], f0[j]);
-        if (a.swiglu_out)
-          unpack8(u1[j], f1[j]);
-      }
-#pragma unroll
       for (int t = 0; t < TM; t++) {
         if (t < a.T) {
+          float in[8];
           gemv_input(a, scale, t, v, in);
 #pragma unroll
-          for (int j = 0; j < GEMV_ROWS; j++) {
+          for (int j = 0; j < GEMV_R; j++) {
+            float f[8];
+            unpack8(u0[j], f);
 #pragma unroll
             for (int i = 0; i < 8; i++)
-              acc0[j][t] += f0[j][i] * in[i];
-            if (a.swiglu_out)
+              acc0[j][t] += f[i] * in[i];
+            if (swiglu) {
+              unpack8(u1[j], f);
 #pragma unroll
               for (int i = 0; i < 8; i++)
-                acc1[j][t] += f1[j][i] * in[i];
+                acc1[j][t] += f[i] * in[i];
+            }
           }
         }
       }
     }
 #pragma unroll
-    for (int j = 0; j < GEMV_ROWS; j++) {
-      if (r0 + j >= rows)
-        break;
+    for (int j = 0; j < GEMV_R; j++)
 #pragma unroll
       for (int t = 0; t < TM; t++) {
-        if (t < a.T) {
-          float g = warp_sum(acc0[j][t]);
-          if (a.swiglu_out) {
-            float u = warp_sum(acc1[j][t]);
-            if (lane == 0)
-              a.swiglu_out[(size_t)t * rows + rr[j]] = f2bf(g / (1.0f + expf(-g)) * u);
-          } else if (lane == 0) {
-            float *y = a.seg[seg[j]].y + (size_t)t * a.seg[seg[j]].rows + rr[j];
-            *y = a.accumulate ? *y + g : g;
-          }
+        float s0 = warp_sum(acc0[j][t]), s1 = swiglu ? warp_sum(acc1[j][t]) : 0.0f;
+        if (lane == 0) {
+          part[warp][j][t][0] = s0;
+          part[warp][j][t][1] = s1;
         }
       }
+    __syncthreads();
+    /* One thread per (group, row, input row) adds the group's warps. */
+    for (int q = threadIdx.x; q < G * GEMV_R * TM; q += blockDim.x) {
+      int gq = q / (GEMV_R * TM), j = q / TM % GEMV_R, t = q % TM, r = base + gq * GEMV_R + j;
+      if (t >= a.T || r >= rows)
+        continue;
+      float y0 = 0.0f, y1 = 0.0f;
+      for (int w = 0; w < S; w++) {
+        y0 += part[gq * S + w][j][t][0];
+        y1 += part[gq * S + w][j][t][1];
+      }
+      int rr, sg = gemv_seg(a, r, &rr);
+      if (swiglu) {
+        a.swiglu_out[(size_t)t * rows + rr] = f2bf(y0 / (1.0f + expf(-y0)) * y1);
+      } else {
+        float *y = a.seg[sg].y + (size_t)t * a.seg[sg].rows + rr;
+        *y = a.accumulate ? *y + y0 : y0;
+      }
     }
+    __syncthreads();
   }
 }
 
-/* Blocks for k_gemv over rows output rows: GEMV_ROWS a warp, at most 16
- * blocks per multiprocessor of a large GPU (the rest go round the grid). */
-static unsigned gemv_blocks(int rows) {
-  int per_block = GEMV_WARPS * GEMV_ROWS;
+/* Launches k_gemv<TM, S> over rows output rows: as many blocks as the rows
+ * need, at most 16 per multiprocessor of a large GPU (the rest go round
+ * the grid). */
+template <int TM, int S>
+static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
+  int per_block = GEMV_WARPS / S * GEMV_R;
   int b = (rows + per_block - 1) / per_block;
-  return (unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b);
+  k_gemv<TM, S><<<(unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b), GEMV_WARPS * 32, 0, stream>>>(a);
 }
 
-/* Launches k_gemv with the smallest compile-time row bound that holds T. */
-static cudaError_t gemv_launch(const gemv_args_t &a, int rows, cudaStream_t stream) {
-  unsigned blocks = gemv_blocks(rows);
-  if (a.T == 1)
-    k_gemv<1><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
-  else if (a.T == 2)
-    k_gemv<2><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
-  else if (a.T <= 4)
-    k_gemv<4><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+template <int TM> static void gemv_launch_t(const gemv_args_t &a, int rows, cudaStream_t stream) {
+  /* Each lane gets about two words of a row or more (896 wide: 1.75). */
+  int nv = a.in / 8;
+  if (nv >= 8 * 32 * 2)
+    gemv_launch_s<TM, 8>(a, rows, stream);
+  else if (nv >= 4 * 32 * 2)
+    gemv_launch_s<TM, 4>(a, rows, stream);
+  else if (nv >= 2 * 32 * 1.5)
+    gemv_launch_s<TM, 2>(a, rows, stream);
   else
-    k_gemv<MS__CUDA_GEMV_T_MAX><<<blocks, GEMV_WARPS * 32, 0, stream>>>(a);
+    gemv_launch_s<TM, 1>(a, rows, stream);
+}
+
+/* Launches k_gemv with the smallest compile-time bound that holds T. */
+static cudaError_t gemv_launch(const gemv_args_t &a, int rows, cudaStream_t stream) {
+  if (a.T == 1)
+    gemv_launch_t<1>(a, rows, stream);
+  else
+    gemv_launch_t<MS__CUDA_GEMV_T_MAX>(a, rows, stream);
   return cudaGetLastError();
 }
 
 extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
                                     const float *x, const int *rows_of, const uint16_t *norm_w,
-                                    float eps, int T, int in, int accumulate,
-                                    cudaStream_t stream) {
+                                    float eps, int T, int in, int accumulate, cudaStream_t stream) {
   if (nseg < 1 || nseg > MS__CUDA_GEMV_SEGS || T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 ||
       (!X && (!x || !norm_w)))
     return cudaErrorInvalidValue;

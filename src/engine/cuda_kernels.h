@@ -58,7 +58,7 @@ cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_p
 
 /* Decode projections (few token rows): most rows k_gemv takes, and most
  * weight matrices one launch covers. */
-#define MS__CUDA_GEMV_T_MAX 8
+#define MS__CUDA_GEMV_T_MAX 2
 #define MS__CUDA_GEMV_SEGS  3
 
 /* One weight matrix of a k_gemv launch: y[t][r] for r < rows. */

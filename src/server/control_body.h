@@ -15,7 +15,8 @@
 
 #include "server/controller.h"
 
-#define MS__VALID_TAGS "weights, kv_cache, workspace (and cuda_graph on a GPU server with CUDA graphs)"
+#define MS__VALID_TAGS                                                                             \
+  "weights, kv_cache, workspace (and cuda_graph on a GPU server with CUDA graphs)"
 
 /* POST /release_memory_occupation: {"tags", "backup", "timeout"}. */
 typedef struct ms__release_args {

@@ -40,7 +40,7 @@ void __sanitizer_purge_allocator(void);
 #define WAIT_SLICE_MS 100L
 
 static const char *const TAG_NAMES[MS__TAG_COUNT] = {"weights", "kv_cache", "workspace",
-                                                      "cuda_graph"};
+                                                     "cuda_graph"};
 
 #define WEIGHTS_INVALID_REASON                                                                     \
   "the weights were released without backup (\"backup\": false) and have not been loaded "         \

@@ -52,15 +52,15 @@ static json_t *memory_json(ms__server_t *srv) {
   ms__ctl_state_t cs;
   ms__ctl_state(srv->ctl, &cs);
   if ((cs.available & MS__TAG_GRAPH) && ms__engine_graph_stats(srv->engine, &g) == 0)
-    json_object_set_new(
-        m, "cuda_graph",
-        json_pack("{s:I,s:I,s:I,s:I,s:b,s:b,s:I,s:I,s:I,s:I,s:s}", "allocations",
-                  (json_int_t)g.executables, "reserved_bytes", (json_int_t)g.reserved_bytes,
-                  "resident_bytes", (json_int_t)g.exec_bytes, "backup_bytes", (json_int_t)0,
-                  "asleep", g.asleep, "enabled", g.enabled, "graphs", (json_int_t)g.graphs,
-                  "captures", (json_int_t)g.captures, "instantiations",
-                  (json_int_t)g.instantiations, "replays", (json_int_t)g.replays, "error",
-                  g.error));
+    json_object_set_new(m, "cuda_graph",
+                        json_pack("{s:I,s:I,s:I,s:I,s:b,s:b,s:I,s:I,s:I,s:I,s:s}", "allocations",
+                                  (json_int_t)g.executables, "reserved_bytes",
+                                  (json_int_t)g.reserved_bytes, "resident_bytes",
+                                  (json_int_t)g.exec_bytes, "backup_bytes", (json_int_t)0, "asleep",
+                                  g.asleep, "enabled", g.enabled, "graphs", (json_int_t)g.graphs,
+                                  "captures", (json_int_t)g.captures, "instantiations",
+                                  (json_int_t)g.instantiations, "replays", (json_int_t)g.replays,
+                                  "error", g.error));
   return m;
 }
 

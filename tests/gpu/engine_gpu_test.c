@@ -304,8 +304,8 @@ static int sleep_subsets(ms__engine_t *e, const int *p, size_t n, const int *wan
       if (mask & (1u << i)) {
         if (i < 3)
           tags[nt++] = all[i];
-        snprintf(label + strlen(label), sizeof label - strlen(label), "%s%s",
-                 label[0] ? "+" : "", all[i]);
+        snprintf(label + strlen(label), sizeof label - strlen(label), "%s%s", label[0] ? "+" : "",
+                 all[i]);
       }
     int graphs = (mask & 8u) != 0;
     ms__graph_stats_t g0, g1, g2;
@@ -662,8 +662,8 @@ int main(void) {
          "CUDA graphs off = on: alone and in a batch of 16",
          erc == 0 && gr.alone_same && gr.batch_same ? "PASS" : "FAIL", gr.graphs,
          (unsigned long long)gr.replays);
-  printf("%-50s %.1f MiB taken, %.1f MiB freed\n", "cuda_graph executables: released",
-         gr.exec_mib, gr.freed_mib);
+  printf("%-50s %.1f MiB taken, %.1f MiB freed\n", "cuda_graph executables: released", gr.exec_mib,
+         gr.freed_mib);
   if (erc != 0 || subsets != SUBSETS || !batch_same || !seeded_same || !seeded_differs ||
       !gr.alone_same || !gr.batch_same)
     g_failed = 1;
