@@ -100,7 +100,8 @@ typedef struct ms__compute_ops {
    * or off (on: 1); off, decode steps are launched kernel by kernel, with
    * the same results. graphs_release destroys the graphs' executables and
    * keeps the graphs; until graphs_resume re-instantiates them (no
-   * recapture), decode steps are launched kernel by kernel. */
+   * recapture; the memory the kernels take must be mapped then), decode
+   * steps are launched kernel by kernel. */
   void (*set_graphs)(void *ctx, int on);
   int (*graphs_release)(void *ctx);
   int (*graphs_resume)(void *ctx);

@@ -201,7 +201,9 @@ int ms__engine_has_graphs(const ms__engine_t *e);
  * a recapture. Meanwhile decode steps run without graphs, with the same
  * results. Both wait for a forward pass in flight; 0 (also when the backend
  * has no graphs) or a negative code (resume: MEMSLEEP_ENOMEM when the
- * device has no room; the executables stay released). */
+ * device has no room; the executables stay released). Resume only with
+ * the memory the graphs' kernels take awake (weights, kv_cache,
+ * workspace): the driver checks those addresses. */
 int ms__engine_graphs_release(ms__engine_t *e);
 int ms__engine_graphs_resume(ms__engine_t *e);
 

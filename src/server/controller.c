@@ -439,16 +439,17 @@ void ms__ctl_resume(ms__ctl_t *c, unsigned tags, int tags_given, ms__ctl_result_
 
   const char *names[MS__TAG_COUNT];
   size_t n = tag_names(tags, names);
-  /* The graphs' executables first (they need no memory contents): when
-   * the device has no room for them, nothing has changed yet. */
-  int rc = (tags & MS__TAG_GRAPH) ? ms__engine_graphs_resume(c->engine) : 0;
-  int graphs_back = rc == 0 && (tags & MS__TAG_GRAPH);
-  if (rc == 0 && n > 0) {
-    rc = memsleep_resume(names, n);
-    if (rc != 0 && graphs_back) {
+  /* The graphs' executables last: the driver checks the addresses their
+   * kernels take, so the memory must be mapped. When they cannot be made
+   * (no room on the device), the tags resumed here go back to sleep, so
+   * that nothing has changed. */
+  int rc = n > 0 ? memsleep_resume(names, n) : 0;
+  if (rc == 0 && (tags & MS__TAG_GRAPH)) {
+    rc = ms__engine_graphs_resume(c->engine);
+    if (rc != 0 && n > 0) {
       char keep[512];
       snprintf(keep, sizeof keep, "%s", memsleep_last_error());
-      ms__engine_graphs_release(c->engine);
+      memsleep_release(names, n);
       ms__fail(rc, "%s", keep);
     }
   }

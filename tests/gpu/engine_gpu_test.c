@@ -325,9 +325,11 @@ static int sleep_subsets(ms__engine_t *e, const int *p, size_t n, const int *wan
       CHECK(g1.executables == 0 && g1.exec_bytes == 0 && g1.asleep,
             "cuda_graph: %zu executables (%zu bytes) left after release", g1.executables,
             g1.exec_bytes);
+    /* As memsleep-serve's controller: memory first, then the graphs (the
+     * driver checks the addresses their kernels take). */
+    CHECK(nt == 0 || memsleep_resume(tags, nt) == 0, "resume %s", label);
     if (graphs)
       CHECK(ms__engine_graphs_resume(e) == 0, "resume cuda_graph");
-    CHECK(nt == 0 || memsleep_resume(tags, nt) == 0, "resume %s", label);
     CHECK(ms__engine_graph_stats(e, &g2) == 0, "graph stats");
     CHECK(g2.executables == g0.graphs && g2.captures == g0.captures &&
               g2.instantiations == g0.instantiations + (graphs ? g0.graphs : 0),
