@@ -99,9 +99,9 @@ typedef struct ms__compute_ops {
    * these may run beside forward. set_graphs turns them on (the default)
    * or off (on: 1); off, decode steps are launched kernel by kernel, with
    * the same results. graphs_release destroys the graphs' executables and
-   * keeps the graphs; until graphs_resume re-instantiates them (no
-   * recapture; the memory the kernels take must be mapped then), decode
-   * steps are launched kernel by kernel. */
+   * keeps the graphs; decode steps are launched kernel by kernel until
+   * graphs_resume, after which each graph's executable is made again from
+   * it (no recapture) when the graph is next used. */
   void (*set_graphs)(void *ctx, int on);
   int (*graphs_release)(void *ctx);
   int (*graphs_resume)(void *ctx);

@@ -31,9 +31,9 @@
  * into a CUDA graph over the same buffers (memsleep memory keeps its
  * addresses across sleep and wake, so the graph stays valid) and replayed
  * after; the graph's executable is device memory the driver allocates,
- * outside any region, so graphs_release destroys the executables and
- * graphs_resume instantiates them again from the kept graphs, without a
- * recapture. A graph replays exactly the kernels the step would launch,
+ * outside any region, so graphs_release destroys the executables and,
+ * after graphs_resume, each is instantiated again from its kept graph
+ * when next used, without a recapture. A graph replays exactly the kernels the step would launch,
  * so results are the same with and without graphs.
  *
  * Each forward pass ends with the stream drained, so between passes no
@@ -705,9 +705,16 @@ static int graph_run(cuda_ctx_t *c, decode_graph_t *g) {
     c->captures++;
   }
   if (!g->exec) {
+    /* No room for the executable (or another refusal): this step runs
+     * without its graph, and the next one tries again. */
     cudaError_t e = graph_instantiate(c, g);
-    if (e != cudaSuccess)
-      return cuda_err(e, "cudaGraphInstantiate (decode step)");
+    if (e != cudaSuccess) {
+      snprintf(c->graph_error, sizeof c->graph_error,
+               "instantiating the decode graph of %d rows: %s (%s); the step ran without it",
+               g->rows, cudaGetErrorString(e), cudaGetErrorName(e));
+      cudaGetLastError();
+      return 1;
+    }
   }
   cudaError_t e = cudaGraphLaunch(g->exec, c->stream);
   if (e != cudaSuccess)
@@ -782,23 +789,11 @@ static int cuda_graphs_release(void *ctx) {
   return 0;
 }
 
+/* The executables come back when each graph is next used (graph_run):
+ * the driver checks the addresses the kernels take, so they are made once
+ * the memory is awake, and a wake does not wait for the ones unused. */
 static int cuda_graphs_resume(void *ctx) {
   cuda_ctx_t *c = ctx;
-  cudaError_t e = cudaSetDevice(c->device);
-  if (e != cudaSuccess)
-    return cuda_err(e, "cudaSetDevice");
-  for (int i = 0; i < c->n_sizes; i++)
-    if (c->graphs[i].graph && !c->graphs[i].exec) {
-      e = graph_instantiate(c, &c->graphs[i]);
-      if (e != cudaSuccess) {
-        int rc = ms__fail(e == cudaErrorMemoryAllocation ? MEMSLEEP_ENOMEM : MEMSLEEP_EBACKEND,
-                          "compute cuda: re-instantiating the decode graph of %d rows: %s (%s)",
-                          c->graphs[i].rows, cudaGetErrorString(e), cudaGetErrorName(e));
-        cudaGetLastError();
-        cuda_graphs_release(c); /* all or nothing: they stay released */
-        return rc;
-      }
-    }
   c->graphs_asleep = 0;
   return 0;
 }

@@ -197,13 +197,13 @@ int ms__engine_kv_repair(ms__engine_t *e);
 int ms__engine_has_graphs(const ms__engine_t *e);
 
 /* Destroys the graphs' executables (their device memory goes back; the
- * graphs are kept) / instantiates them again from the kept graphs, without
- * a recapture. Meanwhile decode steps run without graphs, with the same
- * results. Both wait for a forward pass in flight; 0 (also when the backend
- * has no graphs) or a negative code (resume: MEMSLEEP_ENOMEM when the
- * device has no room; the executables stay released). Resume only with
- * the memory the graphs' kernels take awake (weights, kv_cache,
- * workspace): the driver checks those addresses. */
+ * graphs are kept) / lets them come back: each is instantiated again from
+ * its kept graph, without a recapture, when a decode step next uses it
+ * (the driver checks the addresses the kernels take, so the memory must
+ * be awake by then; a step whose executable cannot be made runs without
+ * it). Meanwhile decode steps run without graphs, with the same results.
+ * Both wait for a forward pass in flight; 0 (also when the backend has no
+ * graphs) or a negative code. */
 int ms__engine_graphs_release(ms__engine_t *e);
 int ms__engine_graphs_resume(ms__engine_t *e);
 

@@ -241,6 +241,11 @@ static void release_cancel(ms__ctl_t *c) {
   pthread_mutex_unlock(&c->mu);
 }
 
+static void *graphs_release_main(void *engine) {
+  ms__engine_graphs_release(engine);
+  return NULL;
+}
+
 /*
  * The order is the point: admission closes first (so "no request runs"
  * lasts), then the running requests finish (rule 1: memory is never taken
@@ -348,11 +353,17 @@ void ms__ctl_release(ms__ctl_t *c, unsigned tags, int tags_given, int backup, lo
   res->resident_before = resident_now(c);
   const char *names[MS__TAG_COUNT];
   size_t n = tag_names(tags, names);
-  /* The graphs' executables first: destroying them cannot fail, and they
-   * are instantiated again should memsleep's part fail. */
-  if (tags & MS__TAG_GRAPH)
+  /* The graphs' executables go on a thread of their own, beside memsleep's
+   * copies (destroying them cannot fail, and they come back should
+   * memsleep's part fail). */
+  pthread_t gt;
+  int graph_thread =
+      (tags & MS__TAG_GRAPH) && pthread_create(&gt, NULL, graphs_release_main, c->engine) == 0;
+  if ((tags & MS__TAG_GRAPH) && !graph_thread)
     ms__engine_graphs_release(c->engine);
   rc = n > 0 ? memsleep_release_flags(names, n, backup ? 0 : MEMSLEEP_RELEASE_NO_BACKUP) : 0;
+  if (graph_thread)
+    pthread_join(gt, NULL);
   if (rc != 0) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", memsleep_last_error());
@@ -439,20 +450,11 @@ void ms__ctl_resume(ms__ctl_t *c, unsigned tags, int tags_given, ms__ctl_result_
 
   const char *names[MS__TAG_COUNT];
   size_t n = tag_names(tags, names);
-  /* The graphs' executables last: the driver checks the addresses their
-   * kernels take, so the memory must be mapped. When they cannot be made
-   * (no room on the device), the tags resumed here go back to sleep, so
-   * that nothing has changed. */
+  /* The graphs' executables come back when next used, once the memory
+   * their kernels take is awake (the driver checks those addresses). */
   int rc = n > 0 ? memsleep_resume(names, n) : 0;
-  if (rc == 0 && (tags & MS__TAG_GRAPH)) {
+  if (rc == 0 && (tags & MS__TAG_GRAPH))
     rc = ms__engine_graphs_resume(c->engine);
-    if (rc != 0 && n > 0) {
-      char keep[512];
-      snprintf(keep, sizeof keep, "%s", memsleep_last_error());
-      memsleep_release(names, n);
-      ms__fail(rc, "%s", keep);
-    }
-  }
   if (rc == 0 && (tags & MS__TAG_KV_CACHE) && ms__engine_kv_repair(c->engine) != 0) {
     /* Never let an unrepaired pool be used: put kv_cache back to sleep. */
     char msg[512];

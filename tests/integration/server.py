@@ -145,6 +145,18 @@ def open_stream(server, path, body):
     return c, c.getresponse()
 
 
+def serving_on_gpu():
+    """True when the servers under test run on a GPU (MEMSLEEP_TEST_SERVE_ARGS
+    names --device cuda:N)."""
+    return any("cuda" in a for a in shlex.split(os.environ.get("MEMSLEEP_TEST_SERVE_ARGS", "")))
+
+
+# A GPU decodes the tests' small model thousands of tokens a second (CUDA
+# graphs): a request that must still run while a test looks at it is made
+# LONG_SCALE times longer there, on a model with as many more positions.
+LONG_SCALE = 16 if serving_on_gpu() else 1
+
+
 def make_model(mkmodel, out_dir, *args):
     subprocess.run([mkmodel, "--out", out_dir, *args], check=True,
                    stdout=subprocess.DEVNULL)
