@@ -27,8 +27,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server import (LONG_SCALE, Background, ServerProcess, make_model, open_stream,  # noqa: E402
-                    read_stream, rss_bytes, sse_events, wait_until)
+from server import (Background, ServerProcess, make_model, open_stream, read_stream,  # noqa: E402
+                    rss_bytes, sse_events, wait_until)
 
 BIN = {}
 TMP = None
@@ -64,8 +64,7 @@ PROMPTS = [
     {"input_ids": list(range(5, 5 + 90)), "n": 48},  # spans several KV blocks
 ]
 
-# New tokens of a request that is still running while a test looks.
-LONG_N = 1500 * LONG_SCALE
+LONG_N = 1500  # new tokens of a request that is still running while a test looks
 
 
 def greedy(n):
@@ -83,14 +82,11 @@ def body_of(p, stream=False):
 def setUpModule():
     global TMP, MODEL_DIR, MODEL_B, MODEL_BAD, MODEL_LONG
     TMP = tempfile.mkdtemp(prefix="memsleep-control-")
-    MODEL_DIR = make_model(BIN["mkmodel"], os.path.join(TMP, "model"),
-                           "--max-position", str(2048 * LONG_SCALE))
-    MODEL_B = make_model(BIN["mkmodel"], os.path.join(TMP, "model-b"), "--seed", "2",
-                         "--max-position", str(2048 * LONG_SCALE))
-    MODEL_BAD = make_model(BIN["mkmodel"], os.path.join(TMP, "model-bad"), "--layers", "2",
-                           "--max-position", str(2048 * LONG_SCALE))
+    MODEL_DIR = make_model(BIN["mkmodel"], os.path.join(TMP, "model"))
+    MODEL_B = make_model(BIN["mkmodel"], os.path.join(TMP, "model-b"), "--seed", "2")
+    MODEL_BAD = make_model(BIN["mkmodel"], os.path.join(TMP, "model-bad"), "--layers", "2")
     MODEL_LONG = make_model(BIN["mkmodel"], os.path.join(TMP, "model-long"),
-                            "--max-position", str(8192 * LONG_SCALE))
+                            "--max-position", "8192")
 
 
 def tearDownModule():
@@ -902,7 +898,7 @@ class DrainTimeout(ControlCase):
     MODEL = property(lambda self: MODEL_LONG)
 
     def test_drain_timeout_is_504_and_releases_nothing(self):
-        c, r, events, ids = self.start_long(n=8000 * LONG_SCALE)
+        c, r, events, ids = self.start_long(n=8000)
         t0 = time.time()
         status, j = self.post("/release_memory_occupation", {"timeout": 1})
         self.assertEqual(status, 504, j)

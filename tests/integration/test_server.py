@@ -23,22 +23,20 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server import (LONG_SCALE, ServerProcess, make_model, open_stream, sse_events,  # noqa: E402
-                    wait_until)
+from server import ServerProcess, make_model, open_stream, sse_events, wait_until  # noqa: E402
 
 BIN = {}
 MODEL_DIR = None
 TMP = None
 
 # A request long enough to still be running while a test looks at it.
-LONG = {"max_new_tokens": 1900 * LONG_SCALE, "ignore_eos": True, "temperature": 0}
+LONG = {"max_new_tokens": 1900, "ignore_eos": True, "temperature": 0}
 
 
 def setUpModule():
     global MODEL_DIR, TMP
     TMP = tempfile.mkdtemp(prefix="memsleep-it-")
-    MODEL_DIR = make_model(BIN["mkmodel"], os.path.join(TMP, "model"),
-                           "--max-position", str(2048 * LONG_SCALE))
+    MODEL_DIR = make_model(BIN["mkmodel"], os.path.join(TMP, "model"))
 
 
 def tearDownModule():
