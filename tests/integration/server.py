@@ -151,17 +151,16 @@ def serving_on_gpu():
     return any("cuda" in a for a in shlex.split(os.environ.get("MEMSLEEP_TEST_SERVE_ARGS", "")))
 
 
-# The tests' models on a GPU: memsleep-mkmodel's default model decodes
-# there (CUDA graphs) so fast that a request meant to still run while a test
-# looks at it has ended; 24 layers of Qwen2-0.5B's width take about 1 ms a
-# token. Given to memsleep-mkmodel before a test's own options (the last
-# wins).
-GPU_MODEL_ARGS = (["--layers", "24", "--hidden", "896", "--heads", "14", "--kv-heads", "2",
-                   "--intermediate", "4864", "--dtype", "bf16"] if serving_on_gpu() else [])
+# On a GPU (CUDA graphs) the tests' small model decodes a 2,000-token
+# request in a fraction of a second: tests that need a request still
+# running while they look use a model of LONG_POSITIONS positions and
+# requests of LONG_TOKENS new tokens there (None: the test's own).
+LONG_POSITIONS = 65536 if serving_on_gpu() else None
+LONG_TOKENS = 60000 if serving_on_gpu() else None
 
 
 def make_model(mkmodel, out_dir, *args):
-    subprocess.run([mkmodel, "--out", out_dir, *GPU_MODEL_ARGS, *args], check=True,
+    subprocess.run([mkmodel, "--out", out_dir, *args], check=True,
                    stdout=subprocess.DEVNULL)
     return out_dir
 

@@ -27,8 +27,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server import (Background, ServerProcess, make_model, open_stream, read_stream,  # noqa: E402
-                    rss_bytes, sse_events, wait_until)
+from server import (LONG_POSITIONS, LONG_TOKENS, Background, ServerProcess,  # noqa: E402
+                    make_model, open_stream, read_stream, rss_bytes, sse_events, wait_until)
 
 BIN = {}
 TMP = None
@@ -86,7 +86,7 @@ def setUpModule():
     MODEL_B = make_model(BIN["mkmodel"], os.path.join(TMP, "model-b"), "--seed", "2")
     MODEL_BAD = make_model(BIN["mkmodel"], os.path.join(TMP, "model-bad"), "--layers", "2")
     MODEL_LONG = make_model(BIN["mkmodel"], os.path.join(TMP, "model-long"),
-                            "--max-position", "8192")
+                            "--max-position", str(LONG_POSITIONS or 8192))
 
 
 def tearDownModule():
@@ -221,10 +221,15 @@ class Rules(ControlCase):
     # Rule 1 ---------------------------------------------------------------
 
     def test_rule_01_release_drains_running_requests_first(self):
-        ref_long = self.gen({"input_ids": [9, 8, 7], "n": LONG_N})[0]
+        long_n = LONG_N
+        if LONG_TOKENS:  # a GPU: a longer request, on the long model
+            self.s.stop()
+            self.s = ServerProcess(BIN["serve"], MODEL_LONG, *self.ARGS)
+            long_n = LONG_TOKENS // 4
+        ref_long = self.gen({"input_ids": [9, 8, 7], "n": long_n})[0]
         short = {"input_ids": [4, 4, 4], "n": 8}
         ref_short = self.gen(short)[0]
-        c, r, events, ids = self.start_long()
+        c, r, events, ids = self.start_long(n=long_n)
         rel = Background(self.post, "/release_memory_occupation", {})
         self.assertTrue(wait_until(lambda: self.state()["draining"], timeout_s=30),
                         "the release never reported draining while a request ran: %r"
@@ -242,7 +247,7 @@ class Rules(ControlCase):
         queued = Background(self.gen, short)
         self.assertTrue(wait_until(lambda: self.sched()["waiting"] == 1))
         ids, finish = self.finish_long(c, events, ids)
-        self.assertEqual(finish, {"type": "length", "length": LONG_N})
+        self.assertEqual(finish, {"type": "length", "length": long_n})
         self.assertEqual(ids, ref_long, "the drained request was corrupted by the release")
         status, j = rel.value(60)
         self.assertEqual(status, 200, j)
@@ -898,7 +903,7 @@ class DrainTimeout(ControlCase):
     MODEL = property(lambda self: MODEL_LONG)
 
     def test_drain_timeout_is_504_and_releases_nothing(self):
-        c, r, events, ids = self.start_long(n=8000)
+        c, r, events, ids = self.start_long(n=LONG_TOKENS or 8000)
         t0 = time.time()
         status, j = self.post("/release_memory_occupation", {"timeout": 1})
         self.assertEqual(status, 504, j)

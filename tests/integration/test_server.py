@@ -23,7 +23,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server import ServerProcess, make_model, open_stream, sse_events, wait_until  # noqa: E402
+from server import (LONG_POSITIONS, LONG_TOKENS, ServerProcess, make_model, open_stream,  # noqa: E402
+                    sse_events, wait_until)
 
 BIN = {}
 MODEL_DIR = None
@@ -31,12 +32,19 @@ TMP = None
 
 # A request long enough to still be running while a test looks at it.
 LONG = {"max_new_tokens": 1900, "ignore_eos": True, "temperature": 0}
+MODEL_LONG = None  # on a GPU: LONG_POSITIONS positions, for LONGER requests
+LONGER = dict(LONG, max_new_tokens=LONG_TOKENS or LONG["max_new_tokens"])
 
 
 def setUpModule():
     global MODEL_DIR, TMP
     TMP = tempfile.mkdtemp(prefix="memsleep-it-")
     MODEL_DIR = make_model(BIN["mkmodel"], os.path.join(TMP, "model"))
+    global MODEL_LONG
+    MODEL_LONG = MODEL_DIR
+    if LONG_POSITIONS:
+        MODEL_LONG = make_model(BIN["mkmodel"], os.path.join(TMP, "model-long"),
+                                "--max-position", str(LONG_POSITIONS))
 
 
 def tearDownModule():
@@ -271,16 +279,21 @@ class Endpoints(unittest.TestCase):
         self.assertNotIn("memsleep_client_disconnects_total 0\n", body.decode())
 
     def test_client_gone_while_waiting_for_a_whole_answer_frees_kv_blocks(self):
-        before = self.s.info()["scheduler"]["generated_tokens_total"]
-        c = self.s.connection()
-        c.request("POST", "/generate", body=json.dumps(
-            {"input_ids": [7, 7, 7], "sampling_params": LONG}).encode())
-        self.assertTrue(wait_until(lambda: self.s.info()["scheduler"]["running"] == 1))
-        c.sock.shutdown(socket.SHUT_RDWR)
-        c.close()
-        self.assertTrue(wait_until(lambda: kv_all_free(self.s.info()), timeout_s=10))
-        made = self.s.info()["scheduler"]["generated_tokens_total"] - before
-        self.assertLess(made, LONG["max_new_tokens"], "the request was not cancelled")
+        s = self.s if MODEL_LONG == MODEL_DIR else ServerProcess(BIN["serve"], MODEL_LONG)
+        try:
+            before = s.info()["scheduler"]["generated_tokens_total"]
+            c = s.connection()
+            c.request("POST", "/generate", body=json.dumps(
+                {"input_ids": [7, 7, 7], "sampling_params": LONGER}).encode())
+            self.assertTrue(wait_until(lambda: s.info()["scheduler"]["running"] == 1))
+            c.sock.shutdown(socket.SHUT_RDWR)
+            c.close()
+            self.assertTrue(wait_until(lambda: kv_all_free(s.info()), timeout_s=10))
+            made = s.info()["scheduler"]["generated_tokens_total"] - before
+            self.assertLess(made, LONGER["max_new_tokens"], "the request was not cancelled")
+        finally:
+            if s is not self.s:
+                self.assertEqual(s.stop(), 0)
 
     def test_output_text_is_valid_utf8_json(self):
         # Random weights emit arbitrary bytes; the JSON must still be strict
@@ -456,14 +469,14 @@ class Queue(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.s = ServerProcess(BIN["serve"], MODEL_DIR, "--max-batch", "1", "--max-queue", "1")
+        cls.s = ServerProcess(BIN["serve"], MODEL_LONG, "--max-batch", "1", "--max-queue", "1")
 
     @classmethod
     def tearDownClass(cls):
         assert cls.s.stop() == 0
 
     def test_full_queue_is_503_with_retry_after(self):
-        body = {"input_ids": [1, 2, 3], "stream": True, "sampling_params": LONG}
+        body = {"input_ids": [1, 2, 3], "stream": True, "sampling_params": LONGER}
         c1, r1 = open_stream(self.s, "/generate", body)
         next(sse_events(r1))  # running
         c2, r2 = open_stream(self.s, "/generate", body)
