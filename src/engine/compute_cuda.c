@@ -41,6 +41,7 @@
  */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,12 @@ typedef struct cuda_ctx {
   int graphs_on;                           /* decode steps replay graphs */
   int graphs_asleep;                       /* executables released */
   uint64_t captures, instantiations, replays;
-  char graph_error[200];  /* why graphs were turned off, or "" */
+  char graph_error[200]; /* why graphs were turned off, or "" */
+  /* What graph_stats answers: a copy made after each change, under its
+   * own lock - a reader never waits for a forward pass (the engine holds
+   * its step lock across each one, back to back under load). */
+  pthread_mutex_t stats_mu;
+  ms__graph_stats_t stats;
   cudaStream_t stream;    /* every kernel, copy and GEMM */
   cublasLtHandle_t lt;    /* cuBLASLt (holds no device memory) */
   lt_plan_t plans[PLANS]; /* kept GEMM plans, least recently used replaced */
@@ -130,6 +136,8 @@ typedef struct cuda_ctx {
   int **tokp;   /* [max_tokens] host token of each selected row, or NULL (heap) */
   int *h_next;  /* [max_tokens] sampled tokens back on the host (heap) */
 } cuda_ctx_t;
+
+static void stats_publish(cuda_ctx_t *c);
 
 /* Offsets of the index tables in the index region (same on both sides). */
 typedef struct idx_layout {
@@ -196,6 +204,7 @@ static void cuda_destroy(void *ctx) {
   free(c->outp);
   free(c->tokp);
   free(c->h_next);
+  pthread_mutex_destroy(&c->stats_mu);
   free(c);
 }
 
@@ -291,6 +300,7 @@ static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int thre
   cuda_ctx_t *c = calloc(1, sizeof *c);
   if (!c)
     return ms__fail(MEMSLEEP_ENOMEM, "compute cuda: context (%zu bytes)", sizeof *c);
+  pthread_mutex_init(&c->stats_mu, NULL);
   c->m = m;
   c->kv = *kv;
   c->device = m->device;
@@ -335,6 +345,7 @@ static int cuda_create(const ms__model_t *m, const ms__kv_layout_t *kv, int thre
     c->graphs[c->n_sizes++].rows = max_tokens;
   c->graphs_on = 1;
   c->gemv = gemv_usable(m);
+  stats_publish(c);
   *out = c;
   return 0;
 fail:
@@ -656,6 +667,27 @@ static void pad_batch(cuda_ctx_t *c, int T, int B, size_t *ntab) {
   (*ntab)++;
 }
 
+/* Copies the graphs' state for graph_stats. */
+static void stats_publish(cuda_ctx_t *c) {
+  ms__graph_stats_t s;
+  memset(&s, 0, sizeof s);
+  s.enabled = c->graphs_on;
+  s.asleep = c->graphs_asleep;
+  for (int i = 0; i < c->n_sizes; i++) {
+    s.graphs += c->graphs[i].graph != NULL;
+    s.executables += c->graphs[i].exec != NULL;
+    s.exec_bytes += c->graphs[i].exec_bytes;
+    s.reserved_bytes += c->graphs[i].last_bytes;
+  }
+  s.captures = c->captures;
+  s.instantiations = c->instantiations;
+  s.replays = c->replays;
+  snprintf(s.error, sizeof s.error, "%s", c->graph_error);
+  pthread_mutex_lock(&c->stats_mu);
+  c->stats = s;
+  pthread_mutex_unlock(&c->stats_mu);
+}
+
 /* Turns graphs off for good after a failure, saying why once. */
 static void graphs_fail(cuda_ctx_t *c, const char *what, cudaError_t e) {
   snprintf(c->graph_error, sizeof c->graph_error, "%s: %s (%s)", what, cudaGetErrorString(e),
@@ -664,6 +696,7 @@ static void graphs_fail(cuda_ctx_t *c, const char *what, cudaError_t e) {
   fprintf(stderr, "compute cuda: CUDA graphs turned off, decode steps run without them: %s\n",
           c->graph_error);
   cudaGetLastError();
+  stats_publish(c);
 }
 
 /* Instantiates g's executable, noting the device memory it took. */
@@ -713,6 +746,7 @@ static int graph_run(cuda_ctx_t *c, decode_graph_t *g) {
                "instantiating the decode graph of %d rows: %s (%s); the step ran without it",
                g->rows, cudaGetErrorString(e), cudaGetErrorName(e));
       cudaGetLastError();
+      stats_publish(c);
       return 1;
     }
   }
@@ -720,6 +754,7 @@ static int graph_run(cuda_ctx_t *c, decode_graph_t *g) {
   if (e != cudaSuccess)
     return cuda_err(e, "cudaGraphLaunch (decode step)");
   c->replays++;
+  stats_publish(c);
   return 0;
 }
 
@@ -773,6 +808,7 @@ static void cuda_set_graphs(void *ctx, int on) {
   c->graphs_on = on != 0;
   if (on)
     c->graph_error[0] = '\0';
+  stats_publish(c);
 }
 
 static int cuda_graphs_release(void *ctx) {
@@ -786,6 +822,7 @@ static int cuda_graphs_release(void *ctx) {
       c->graphs[i].exec_bytes = 0;
     }
   c->graphs_asleep = 1;
+  stats_publish(c);
   return 0;
 }
 
@@ -795,24 +832,15 @@ static int cuda_graphs_release(void *ctx) {
 static int cuda_graphs_resume(void *ctx) {
   cuda_ctx_t *c = ctx;
   c->graphs_asleep = 0;
+  stats_publish(c);
   return 0;
 }
 
 static void cuda_graph_stats(void *ctx, ms__graph_stats_t *out) {
-  const cuda_ctx_t *c = ctx;
-  memset(out, 0, sizeof *out);
-  out->enabled = c->graphs_on;
-  out->asleep = c->graphs_asleep;
-  for (int i = 0; i < c->n_sizes; i++) {
-    out->graphs += c->graphs[i].graph != NULL;
-    out->executables += c->graphs[i].exec != NULL;
-    out->exec_bytes += c->graphs[i].exec_bytes;
-    out->reserved_bytes += c->graphs[i].last_bytes;
-  }
-  out->captures = c->captures;
-  out->instantiations = c->instantiations;
-  out->replays = c->replays;
-  snprintf(out->error, sizeof out->error, "%s", c->graph_error);
+  cuda_ctx_t *c = ctx;
+  pthread_mutex_lock(&c->stats_mu);
+  *out = c->stats;
+  pthread_mutex_unlock(&c->stats_mu);
 }
 
 const ms__compute_ops_t ms__compute_cuda = {
