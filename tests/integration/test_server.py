@@ -543,6 +543,10 @@ class Lifecycle(unittest.TestCase):
         out = subprocess.run([BIN["serve"], "--model", MODEL_DIR, "--port", "x"],
                              capture_output=True, text=True)
         self.assertEqual(out.returncode, 2)
+        out = subprocess.run([BIN["serve"], "--model", MODEL_DIR, "--cuda-graphs", "maybe"],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("--cuda-graphs: \"maybe\" is not on or off", out.stderr)
         out = subprocess.run([BIN["serve"], "--model", os.path.join(TMP, "missing")],
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 1)
