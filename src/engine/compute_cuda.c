@@ -157,6 +157,24 @@ static idx_layout_t idx_layout(size_t T, size_t table_cap) {
   return l;
 }
 
+/* The index tables at base: the host copy or the device region. */
+typedef struct idx_view {
+  int64_t *slot;
+  ms__cuk_sample_t *samp;
+  int *tokens, *pos, *tab_off, *sel;
+  uint32_t *tables;
+} idx_view_t;
+
+static idx_view_t idx_view(size_t T, size_t table_cap, void *base) {
+  idx_layout_t il = idx_layout(T, table_cap);
+  char *b = base;
+  idx_view_t v = {(int64_t *)(void *)(b + il.slot),   (ms__cuk_sample_t *)(void *)(b + il.samp),
+                  (int *)(void *)(b + il.tokens),     (int *)(void *)(b + il.pos),
+                  (int *)(void *)(b + il.tab_off),    (int *)(void *)(b + il.sel),
+                  (uint32_t *)(void *)(b + il.tables)};
+  return v;
+}
+
 static int cuda_err(cudaError_t e, const char *what) {
   cudaGetLastError();
   return ms__fail(MEMSLEEP_EBACKEND, "compute cuda: %s: %s (%s)", what, cudaGetErrorString(e),
@@ -243,14 +261,14 @@ static size_t carve(cuda_ctx_t *c, char *ws) {
     off += (parts[i].bytes + 255) / 256 * 256;
   }
   if (ws) {
-    char *b = c->idx;
-    c->d_slot = (int64_t *)(void *)(b + il.slot);
-    c->d_tokens = (int *)(void *)(b + il.tokens);
-    c->d_pos = (int *)(void *)(b + il.pos);
-    c->d_tab_off = (int *)(void *)(b + il.tab_off);
-    c->d_sel = (int *)(void *)(b + il.sel);
-    c->d_samp = (ms__cuk_sample_t *)(void *)(b + il.samp);
-    c->d_tables = (uint32_t *)(void *)(b + il.tables);
+    idx_view_t d = idx_view(T, c->table_cap, c->idx);
+    c->d_slot = d.slot;
+    c->d_tokens = d.tokens;
+    c->d_pos = d.pos;
+    c->d_tab_off = d.tab_off;
+    c->d_sel = d.sel;
+    c->d_samp = d.samp;
+    c->d_tables = d.tables;
     c->idx_bytes = il.total;
   }
   return off;
@@ -446,13 +464,11 @@ static int gemm(cuda_ctx_t *c, const void *W, const uint16_t *X, float *Y, int o
 static int layout_batch(cuda_ctx_t *c, const ms__batch_seq_t *seqs, size_t n, int *T_out,
                         int *nsel_out, size_t *ntab_out) {
   const ms__model_config_t *cfg = &c->m->cfg;
-  idx_layout_t il = idx_layout((size_t)c->max_tokens, c->table_cap);
-  char *h = c->h_idx;
-  int64_t *slot = (int64_t *)(void *)(h + il.slot);
-  int *tokens = (int *)(void *)(h + il.tokens), *pos = (int *)(void *)(h + il.pos);
-  int *tab_off = (int *)(void *)(h + il.tab_off), *sel = (int *)(void *)(h + il.sel);
-  uint32_t *tables = (uint32_t *)(void *)(h + il.tables);
-  ms__cuk_sample_t *samp = (ms__cuk_sample_t *)(void *)(h + il.samp);
+  idx_view_t h = idx_view((size_t)c->max_tokens, c->table_cap, c->h_idx);
+  int64_t *slot = h.slot;
+  int *tokens = h.tokens, *pos = h.pos, *tab_off = h.tab_off, *sel = h.sel;
+  uint32_t *tables = h.tables;
+  ms__cuk_sample_t *samp = h.samp;
   int bt = c->kv.block_tokens, T = 0, nsel = 0;
   size_t ntab = 0;
   for (size_t s = 0; s < n; s++) {
@@ -528,21 +544,30 @@ static int copy_logits(cuda_ctx_t *c, int first, int rows) {
   return 0;
 }
 
+/* RoPE, the new keys and values into the pool, and attention: c->att
+ * from c->q, c->k, c->v of T rows. */
+static int rope_attention(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
+  const ms__model_config_t *cfg = &c->m->cfg;
+  int hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
+  CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
+                        nkv, hd, cfg->rope_theta, c->stream),
+     "rope kernel");
+  CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
+                       c->kv.block_tokens, c->stream),
+     "attention kernel");
+  return 0;
+}
+
 /* One decoder layer for T <= MS__CUDA_GEMV_T_MAX rows: six launches. */
 static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
   const ms__model_config_t *cfg = &c->m->cfg;
-  int H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
-  int qd = nh * hd, kvd = c->kv.kv_dim, I = cfg->intermediate_size;
+  int H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim, kvd = c->kv.kv_dim;
+  int I = cfg->intermediate_size;
   float eps = cfg->rms_norm_eps;
   cudaStream_t st = c->stream;
   ms__cuk_gemv_seg_t qkv[3] = {{L->wq, c->q, qd}, {L->wk, c->k, kvd}, {L->wv, c->v, kvd}};
   CK(ms__cuk_gemv(qkv, 3, NULL, c->x, NULL, L->attn_norm, eps, T, H, 0, st), "q/k/v kernel");
-  CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
-                        nkv, hd, cfg->rope_theta, st),
-     "rope kernel");
-  CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
-                       c->kv.block_tokens, st),
-     "attention kernel");
+  CB(rope_attention(c, L, kl, vl, T));
   ms__cuk_gemv_seg_t o = {L->wo, c->x, H};
   CK(ms__cuk_gemv(&o, 1, c->att, NULL, NULL, NULL, 0.0f, T, qd, 1, st), "o_proj kernel");
   CK(ms__cuk_gemv_swiglu(c->hh, L->w_gate, L->w_up, I, c->x, L->ffn_norm, eps, T, H, st),
@@ -555,20 +580,15 @@ static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16
 /* One decoder layer for any T: cuBLASLt GEMMs between our kernels. */
 static int layer_large(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
   const ms__model_config_t *cfg = &c->m->cfg;
-  int H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
-  int qd = nh * hd, kvd = c->kv.kv_dim, I = cfg->intermediate_size;
+  int H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim, kvd = c->kv.kv_dim;
+  int I = cfg->intermediate_size;
   float eps = cfg->rms_norm_eps;
   cudaStream_t st = c->stream;
   CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->attn_norm, T, H, eps, st), "rmsnorm kernel");
   CB(gemm(c, L->wq, c->xh, c->q, qd, H, T, 0.0f, "q_proj"));
   CB(gemm(c, L->wk, c->xh, c->k, kvd, H, T, 0.0f, "k_proj"));
   CB(gemm(c, L->wv, c->xh, c->v, kvd, H, T, 0.0f, "v_proj"));
-  CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
-                        nkv, hd, cfg->rope_theta, st),
-     "rope kernel");
-  CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
-                       c->kv.block_tokens, st),
-     "attention kernel");
+  CB(rope_attention(c, L, kl, vl, T));
   CB(gemm(c, L->wo, c->att, c->x, H, qd, T, 1.0f, "o_proj"));
   CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->ffn_norm, T, H, eps, st), "rmsnorm kernel");
   CB(gemm(c, L->w_gate, c->xh, c->gate, I, H, T, 0.0f, "gate_proj"));
@@ -646,21 +666,15 @@ static int decode_size(const cuda_ctx_t *c, int n) {
  * 0 at position 0 over block 0, storing nothing, sampled greedily (and
  * thrown away). */
 static void pad_batch(cuda_ctx_t *c, int T, int B, size_t *ntab) {
-  idx_layout_t il = idx_layout((size_t)c->max_tokens, c->table_cap);
-  char *h = c->h_idx;
-  int64_t *slot = (int64_t *)(void *)(h + il.slot);
-  int *tokens = (int *)(void *)(h + il.tokens), *pos = (int *)(void *)(h + il.pos);
-  int *tab_off = (int *)(void *)(h + il.tab_off), *sel = (int *)(void *)(h + il.sel);
-  uint32_t *tables = (uint32_t *)(void *)(h + il.tables);
-  ms__cuk_sample_t *samp = (ms__cuk_sample_t *)(void *)(h + il.samp);
-  tables[*ntab] = 0;
+  idx_view_t h = idx_view((size_t)c->max_tokens, c->table_cap, c->h_idx);
+  h.tables[*ntab] = 0;
   for (int t = T; t < B; t++) {
-    tokens[t] = 0;
-    pos[t] = 0;
-    tab_off[t] = (int)*ntab;
-    slot[t] = -1;
-    sel[t] = t;
-    samp[t] = (ms__cuk_sample_t){0.0f, 0, 1.0f, 0.0f};
+    h.tokens[t] = 0;
+    h.pos[t] = 0;
+    h.tab_off[t] = (int)*ntab;
+    h.slot[t] = -1;
+    h.sel[t] = t;
+    h.samp[t] = (ms__cuk_sample_t){0.0f, 0, 1.0f, 0.0f};
     c->outp[t] = NULL;
     c->tokp[t] = NULL;
   }
