@@ -17,6 +17,7 @@
  */
 #include <cuda_bf16.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/cuda_kernels.h"
@@ -56,7 +57,60 @@ static __device__ float block_sum(float v) {
   return s;
 }
 
+/* ---- programmatic dependent launch ------------------------------------ */
+
+/* Every kernel here is launched with programmatic stream serialization
+ * (Hopper): the next kernel in the stream may be scheduled as soon as all
+ * blocks of this one are running (pdl_release), and waits in pdl_wait -
+ * before it reads or writes anything another kernel touches - for this
+ * one to complete. What it does before the wait (k_gemv: pulling its
+ * weight rows into L2) overlaps the end of the kernel before. A kernel
+ * launched without the attribute waits as usual and pdl_wait is a no-op.
+ * MEMSLEEP_CUDA_PDL=0 launches without it. */
+static __device__ __forceinline__ void pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void pdl_release(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* Both, at a kernel's start (kernels that prefetch nothing). */
+static __device__ __forceinline__ void pdl_begin(void) {
+  pdl_release();
+  pdl_wait();
+}
+
+static int pdl_enabled(void) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("MEMSLEEP_CUDA_PDL");
+    on = !(e && strcmp(e, "0") == 0);
+  }
+  return on;
+}
+
+template <typename... K, typename... A>
+static cudaError_t launch(void (*kernel)(K...), dim3 grid, dim3 block, cudaStream_t stream,
+                          A &&...args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+}
+
 static __global__ void k_embed(float *x, const uint16_t *embed, const int *tokens, int H) {
+  pdl_begin();
   int t = blockIdx.x;
   const uint16_t *row = embed + (size_t)tokens[t] * H;
   for (int i = threadIdx.x; i < H; i += blockDim.x)
@@ -65,6 +119,7 @@ static __global__ void k_embed(float *x, const uint16_t *embed, const int *token
 
 static __global__ void k_rmsnorm(uint16_t *out, const float *x, const int *rows_of,
                                  const uint16_t *w, int H, float eps) {
+  pdl_begin();
   int r = blockIdx.x;
   int row = rows_of ? rows_of[r] : r;
   const float *xr = x + (size_t)row * H;
@@ -81,6 +136,7 @@ static __global__ void k_rope_store(float *q, float *k, const float *v, const ui
                                     const uint16_t *bk, const uint16_t *bv, const int *pos,
                                     const int64_t *slot, uint16_t *k_pool, uint16_t *v_pool, int nh,
                                     int nkv, int hd, double theta) {
+  pdl_begin();
   int t = blockIdx.x, half = hd / 2, qd = nh * hd, kvd = nkv * hd;
   int nq = nh * half, nk = nkv * half;
   float *qt = q + (size_t)t * qd;
@@ -132,6 +188,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
                 const uint32_t *tables, const int *tab_off, const int *pos, int nh, int group,
                 int hd, int bt) {
+  pdl_begin();
   __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
   __shared__ float sm_acc[ATT_WARPS][MS__CUDA_HEAD_DIM_MAX];
   int t = blockIdx.x, h = blockIdx.y, g = h / group;
@@ -224,6 +281,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 }
 
 static __global__ void k_swiglu(uint16_t *out, const float *gate, const float *up, size_t n) {
+  pdl_begin();
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     float g = gate[i];
@@ -239,15 +297,13 @@ static int row_threads(int n) {
 
 extern "C" cudaError_t ms__cuk_embed(float *x, const uint16_t *embed, const int *tokens, int T,
                                      int H, cudaStream_t stream) {
-  k_embed<<<T, row_threads(H), 0, stream>>>(x, embed, tokens, H);
-  return cudaGetLastError();
+  return launch(k_embed, dim3(T), dim3(row_threads(H)), stream, x, embed, tokens, H);
 }
 
 extern "C" cudaError_t ms__cuk_rmsnorm(uint16_t *out, const float *x, const int *rows_of,
                                        const uint16_t *w, int rows, int H, float eps,
                                        cudaStream_t stream) {
-  k_rmsnorm<<<rows, row_threads(H), 0, stream>>>(out, x, rows_of, w, H, eps);
-  return cudaGetLastError();
+  return launch(k_rmsnorm, dim3(rows), dim3(row_threads(H)), stream, out, x, rows_of, w, H, eps);
 }
 
 extern "C" cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, const uint16_t *bq,
@@ -256,10 +312,8 @@ extern "C" cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, co
                                           int T, int num_heads, int num_kv_heads, int head_dim,
                                           float theta, cudaStream_t stream) {
   int work = (num_heads + num_kv_heads) * (head_dim / 2) + num_kv_heads * head_dim;
-  k_rope_store<<<T, row_threads(work), 0, stream>>>(q, k, v, bq, bk, bv, pos, slot, k_pool, v_pool,
-                                                    num_heads, num_kv_heads, head_dim,
-                                                    (double)theta);
-  return cudaGetLastError();
+  return launch(k_rope_store, dim3(T), dim3(row_threads(work)), stream, q, k, v, bq, bk, bv, pos,
+                slot, k_pool, v_pool, num_heads, num_kv_heads, head_dim, (double)theta);
 }
 
 extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
@@ -271,16 +325,15 @@ extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const ui
     return cudaErrorInvalidValue;
   dim3 grid((unsigned)T, (unsigned)num_heads);
   int group = num_heads / num_kv_heads;
+  dim3 block(ATT_WARPS * 32);
   if (head_dim <= 64)
-    k_attention<2, 8><<<grid, ATT_WARPS * 32, 0, stream>>>(
-        out, q, k_pool, v_pool, tables, tab_off, pos, num_heads, group, head_dim, block_tokens);
-  else if (head_dim <= 128)
-    k_attention<4, 4><<<grid, ATT_WARPS * 32, 0, stream>>>(
-        out, q, k_pool, v_pool, tables, tab_off, pos, num_heads, group, head_dim, block_tokens);
-  else
-    k_attention<8, 2><<<grid, ATT_WARPS * 32, 0, stream>>>(
-        out, q, k_pool, v_pool, tables, tab_off, pos, num_heads, group, head_dim, block_tokens);
-  return cudaGetLastError();
+    return launch(k_attention<2, 8>, grid, block, stream, out, q, k_pool, v_pool, tables, tab_off,
+                  pos, num_heads, group, head_dim, block_tokens);
+  if (head_dim <= 128)
+    return launch(k_attention<4, 4>, grid, block, stream, out, q, k_pool, v_pool, tables, tab_off,
+                  pos, num_heads, group, head_dim, block_tokens);
+  return launch(k_attention<8, 2>, grid, block, stream, out, q, k_pool, v_pool, tables, tab_off,
+                pos, num_heads, group, head_dim, block_tokens);
 }
 
 extern "C" cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const float *up, size_t n,
@@ -290,8 +343,7 @@ extern "C" cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const fl
     blocks = 4096;
   if (blocks == 0)
     return cudaSuccess;
-  k_swiglu<<<(unsigned)blocks, 256, 0, stream>>>(out, gate, up, n);
-  return cudaGetLastError();
+  return launch(k_swiglu, dim3((unsigned)blocks), dim3(256), stream, out, gate, up, n);
 }
 
 /* ---- decode projections: k_gemv ---------------------------------------- */
@@ -375,6 +427,23 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) 
   __shared__ float part[GEMV_WARPS][GEMV_R][TM][2];
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = warp / S, k = warp % S;
   int nv = a.in / 8, swiglu = a.swiglu_out != NULL;
+  {
+    /* The first rows' words into L2 while the kernel before ends. */
+    int rows0 = swiglu ? a.seg[0].rows : a.seg[0].rows + a.seg[1].rows + a.seg[2].rows;
+    int r0 = blockIdx.x * G * GEMV_R + g * GEMV_R;
+    pdl_release();
+    for (int j = 0; j < GEMV_R && r0 + j < rows0; j++) {
+      int rr, sg = gemv_seg(a, r0 + j, &rr);
+      const uint4 *w = (const uint4 *)(a.seg[sg].w + (size_t)rr * a.in);
+      const uint4 *w1 = swiglu ? (const uint4 *)(a.seg[1].w + (size_t)rr * a.in) : NULL;
+      for (int v = k * 32 + lane; v < nv; v += S * 32) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + v));
+        if (w1)
+          asm volatile("prefetch.global.L2 [%0];" ::"l"(w1 + v));
+      }
+    }
+    pdl_wait();
+  }
   if (!a.X)
     for (int t = 0; t < a.T; t++) {
       int row = a.rows_of ? a.rows_of[t] : t;
@@ -479,7 +548,11 @@ template <int TM, int S>
 static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
   int per_block = GEMV_WARPS / S * GEMV_R;
   int b = (rows + per_block - 1) / per_block;
-  k_gemv<TM, S><<<(unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b), GEMV_WARPS * 32, 0, stream>>>(a);
+  launch(k_gemv<TM, S>,
+         dim3((unsigned)(b < 1      ? 1
+                         : b > 2112 ? 2112
+                                    : b)),
+         dim3(GEMV_WARPS * 32), stream, a);
 }
 
 template <int TM> static void gemv_launch_t(const gemv_args_t &a, int rows, cudaStream_t stream) {
@@ -580,6 +653,7 @@ static __device__ float over(const float *l, int V, unsigned t, int mass, float 
  * vocabulary is not one block's work. */
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
     k_row_max(ms__cuk_argmax_t *part, const float *logits, int V) {
+  pdl_begin();
   __shared__ float sm_v[32];
   __shared__ int sm_i[32];
   const float *l = logits + (size_t)blockIdx.x * V;
@@ -626,6 +700,7 @@ static __global__ void __launch_bounds__(SAMPLE_THREADS)
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
     k_sample(int *out, const float *logits, const ms__cuk_sample_t *params, int V,
              const ms__cuk_argmax_t *part_in) {
+  pdl_begin();
   __shared__ float part[SAMPLE_THREADS];
   __shared__ int owner;
   __shared__ float rest;
@@ -718,7 +793,10 @@ extern "C" cudaError_t ms__cuk_sample(int *out, const float *logits, const ms__c
                                       cudaStream_t stream) {
   if (rows <= 0)
     return cudaSuccess;
-  k_row_max<<<dim3((unsigned)rows, SAMPLE_SPLIT), SAMPLE_THREADS, 0, stream>>>(part, logits, vocab);
-  k_sample<<<rows, SAMPLE_THREADS, 0, stream>>>(out, logits, params, vocab, part);
-  return cudaGetLastError();
+  cudaError_t e = launch(k_row_max, dim3((unsigned)rows, SAMPLE_SPLIT), dim3(SAMPLE_THREADS),
+                         stream, part, logits, vocab);
+  if (e != cudaSuccess)
+    return e;
+  return launch(k_sample, dim3((unsigned)rows), dim3(SAMPLE_THREADS), stream, out, logits, params,
+                vocab, (const ms__cuk_argmax_t *)part);
 }
