@@ -25,17 +25,22 @@
 
 static const char *const specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
 
+/* Fails the test when snprintf's output (n characters) did not fit in cap. */
+static void fmt_ok(int n, size_t cap) {
+  assert_true(n >= 0 && (size_t)n < cap);
+}
+
 /* A fresh empty directory under $TMPDIR (or /tmp) into dir (cap bytes). */
 static void make_tmpdir(char *dir, size_t cap) {
   const char *tmp = getenv("TMPDIR");
-  snprintf(dir, cap, "%s/memsleep-vocab-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  fmt_ok(snprintf(dir, cap, "%s/memsleep-vocab-test-XXXXXX", tmp && *tmp ? tmp : "/tmp"), cap);
   assert_non_null(mkdtemp(dir));
 }
 
 /* Removes dir and everything in it. */
 static void remove_tree(const char *dir) {
   char cmd[4200];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  fmt_ok(snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir), sizeof cmd);
   assert_int_equal(system(cmd), 0);
 }
 
@@ -43,8 +48,9 @@ static void remove_tree(const char *dir) {
  * discarded); returns its exit status. */
 static int run_mkmodel(const char *args, const char *err_path) {
   char cmd[8400];
-  snprintf(cmd, sizeof cmd, "'%s/tools/memsleep-mkmodel' %s >/dev/null 2>'%s'", MEMSLEEP_BINARY_DIR,
-           args, err_path ? err_path : "/dev/null");
+  fmt_ok(snprintf(cmd, sizeof cmd, "'%s/tools/memsleep-mkmodel' %s >/dev/null 2>'%s'",
+                  MEMSLEEP_BINARY_DIR, args, err_path ? err_path : "/dev/null"),
+         sizeof cmd);
   int st = system(cmd);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
@@ -61,7 +67,7 @@ static char *read_text(const char *path) {
 
 static ms__tokenizer_t *load_tokenizer(const char *dir) {
   char path[4200];
-  snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+  fmt_ok(snprintf(path, sizeof path, "%s/tokenizer.json", dir), sizeof path);
   ms__tokenizer_t *t = NULL;
   int rc = ms__tokenizer_load(path, &t);
   if (rc != 0)
@@ -89,7 +95,7 @@ static void test_vocab_past_the_tokenizer_loads_and_generates(void **state) {
   if (ms__model_write_random(dir, &s, NULL, NULL, NULL, NULL) != 0)
     fail_msg("ms__model_write_random: %s", memsleep_last_error());
   char tok_path[4200];
-  snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir);
+  fmt_ok(snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", dir), sizeof tok_path);
   assert_int_equal(ms__tokenizer_write_bytelevel(tok_path, 253, specials, 3), 0);
 
   ms__engine_options_t o = tc_options(dir);
@@ -141,7 +147,7 @@ static void test_vocab_past_the_tokenizer_loads_and_generates(void **state) {
   assert_int_equal(ms__tokenizer_decode(tok, &past, 1, &text, &len), MEMSLEEP_EINVAL);
   assert_string_equal(text, "untouched");
   char want[32];
-  snprintf(want, sizeof want, "id %d", past);
+  fmt_ok(snprintf(want, sizeof want, "id %d", past), sizeof want);
   assert_non_null(strstr(memsleep_last_error(), want));
   tc_destroy(&r);
 
@@ -171,13 +177,14 @@ static void test_mkmodel_vocab_flag_writes_the_rows(void **state) {
   (void)state;
   char base[256], args[4400];
   make_tmpdir(base, sizeof base);
-  snprintf(args, sizeof args,
-           "--out '%s/m' --vocab %d --layers 1 --hidden 32 --heads 2 --kv-heads 1 "
-           "--intermediate 32",
-           base, VOCAB);
+  fmt_ok(snprintf(args, sizeof args,
+                  "--out '%s/m' --vocab %d --layers 1 --hidden 32 --heads 2 --kv-heads 1 "
+                  "--intermediate 32",
+                  base, VOCAB),
+         sizeof args);
   assert_int_equal(run_mkmodel(args, NULL), 0);
   char dir[4200];
-  snprintf(dir, sizeof dir, "%s/m", base);
+  fmt_ok(snprintf(dir, sizeof dir, "%s/m", base), sizeof dir);
   ms__model_t m;
   memset(&m, 0, sizeof m);
   if (ms__model_load(dir, "weights", MEMSLEEP_BACKUP, MEMSLEEP_HOST, NULL, NULL, &m) != 0)
@@ -194,8 +201,9 @@ static void test_mkmodel_vocab_flag_writes_the_rows(void **state) {
   assert_int_equal(ms__tokenizer_vocab_size(tok), TOKENIZER_IDS);
   ms__tokenizer_free(tok);
   /* The tokenizer's own size is the least, and the default. */
-  snprintf(args, sizeof args, "--out '%s/m' --force --vocab 512 --layers 1 --hidden 32 --heads 2",
-           base);
+  fmt_ok(snprintf(args, sizeof args,
+                  "--out '%s/m' --force --vocab 512 --layers 1 --hidden 32 --heads 2", base),
+         sizeof args);
   assert_int_equal(run_mkmodel(args, NULL), 0);
   remove_tree(base);
 }
@@ -206,8 +214,8 @@ static void test_mkmodel_vocab_refusals(void **state) {
   (void)state;
   char base[256], args[4400], err[4200], out[4200];
   make_tmpdir(base, sizeof base);
-  snprintf(err, sizeof err, "%s/err", base);
-  snprintf(out, sizeof out, "%s/m", base);
+  fmt_ok(snprintf(err, sizeof err, "%s/err", base), sizeof err);
+  fmt_ok(snprintf(out, sizeof out, "%s/m", base), sizeof out);
   static const struct {
     const char *value, *says;
   } cases[] = {
@@ -219,7 +227,7 @@ static void test_mkmodel_vocab_refusals(void **state) {
       {"1e3", "--vocab: \"1e3\" is not a whole number"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    snprintf(args, sizeof args, "--out '%s' --vocab %s", out, cases[i].value);
+    fmt_ok(snprintf(args, sizeof args, "--out '%s' --vocab %s", out, cases[i].value), sizeof args);
     assert_int_equal(run_mkmodel(args, err), 2);
     const char *said = read_text(err);
     if (!strstr(said, cases[i].says))
