@@ -59,14 +59,16 @@ static __device__ float block_sum(float v) {
 
 /* ---- programmatic dependent launch ------------------------------------ */
 
-/* Every kernel here is launched with programmatic stream serialization
- * (Hopper): the next kernel in the stream may be scheduled as soon as all
- * blocks of this one are running (pdl_release), and waits in pdl_wait -
- * before it reads or writes anything another kernel touches - for this
- * one to complete. What it does before the wait (k_gemv: pulling its
- * weight rows into L2) overlaps the end of the kernel before. A kernel
- * launched without the attribute waits as usual and pdl_wait is a no-op.
- * MEMSLEEP_CUDA_PDL=0 launches without it. */
+/* With MEMSLEEP_CUDA_PDL=1 every kernel here is launched with
+ * programmatic stream serialization (Hopper): the next kernel in the
+ * stream may be scheduled as soon as all blocks of this one are running
+ * (pdl_release), and waits in pdl_wait - before it reads or writes
+ * anything another kernel touches - for this one to complete. What it
+ * does before the wait (k_gemv: pulling its weight rows into L2) overlaps
+ * the end of the kernel before: the batch-1 decode step took 1.05 ms
+ * instead of 1.15 in one run on an H100 (docs/PERFORMANCE.md). Off by
+ * default until the server's GPU suites have run with it; off, the
+ * kernels are launched as usual and pdl_wait and pdl_release do nothing. */
 static __device__ __forceinline__ void pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -89,7 +91,7 @@ static int pdl_enabled(void) {
   static int on = -1;
   if (on < 0) {
     const char *e = getenv("MEMSLEEP_CUDA_PDL");
-    on = !(e && strcmp(e, "0") == 0);
+    on = e && strcmp(e, "1") == 0;
   }
   return on;
 }
@@ -377,6 +379,7 @@ typedef struct gemv_args {
   const uint16_t *nw;   /* the RMSNorm weight [in] */
   float eps;            /* the RMSNorm epsilon */
   uint16_t *swiglu_out; /* non-NULL: seg 0 is gate, seg 1 up; out[t][r] = bf16(silu(g) * u) */
+  int prefetch;         /* launched with PDL: pull the first rows into L2 before waiting */
 } gemv_args_t;
 
 /* The input of row t, elements 8v .. 8v + 7, as float32: the bf16 input,
@@ -432,7 +435,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) 
     int rows0 = swiglu ? a.seg[0].rows : a.seg[0].rows + a.seg[1].rows + a.seg[2].rows;
     int r0 = blockIdx.x * G * GEMV_R + g * GEMV_R;
     pdl_release();
-    for (int j = 0; j < GEMV_R && r0 + j < rows0; j++) {
+    for (int j = 0; a.prefetch && j < GEMV_R && r0 + j < rows0; j++) {
       int rr, sg = gemv_seg(a, r0 + j, &rr);
       const uint4 *w = (const uint4 *)(a.seg[sg].w + (size_t)rr * a.in);
       const uint4 *w1 = swiglu ? (const uint4 *)(a.seg[1].w + (size_t)rr * a.in) : NULL;
@@ -569,7 +572,8 @@ template <int TM> static void gemv_launch_t(const gemv_args_t &a, int rows, cuda
 }
 
 /* Launches k_gemv with the smallest compile-time bound that holds T. */
-static cudaError_t gemv_launch(const gemv_args_t &a, int rows, cudaStream_t stream) {
+static cudaError_t gemv_launch(gemv_args_t a, int rows, cudaStream_t stream) {
+  a.prefetch = pdl_enabled();
   if (a.T == 1)
     gemv_launch_t<1>(a, rows, stream);
   else
