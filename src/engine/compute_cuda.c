@@ -68,8 +68,7 @@ typedef struct decode_graph {
   int rows;             /* the batch size */
   cudaGraph_t graph;    /* captured on first use; kept until destroy */
   cudaGraphExec_t exec; /* its executable, or NULL (not yet, or released) */
-  size_t exec_bytes;    /* device memory instantiating it took (0 while released) */
-  size_t last_bytes;    /* the same, kept across a release */
+  size_t bytes;         /* device memory instantiating it last took (kept across a release) */
 } decode_graph_t;
 
 /* A GEMM shape's cuBLASLt descriptors and the algorithm chosen for it. */
@@ -690,8 +689,8 @@ static void stats_publish(cuda_ctx_t *c) {
   for (int i = 0; i < c->n_sizes; i++) {
     s.graphs += c->graphs[i].graph != NULL;
     s.executables += c->graphs[i].exec != NULL;
-    s.exec_bytes += c->graphs[i].exec_bytes;
-    s.reserved_bytes += c->graphs[i].last_bytes;
+    s.exec_bytes += c->graphs[i].exec ? c->graphs[i].bytes : 0;
+    s.reserved_bytes += c->graphs[i].bytes;
   }
   s.captures = c->captures;
   s.instantiations = c->instantiations;
@@ -723,7 +722,7 @@ static cudaError_t graph_instantiate(cuda_ctx_t *c, decode_graph_t *g) {
     return e;
   }
   cudaMemGetInfo(&free1, &total);
-  g->exec_bytes = g->last_bytes = free0 > free1 ? free0 - free1 : 0;
+  g->bytes = free0 > free1 ? free0 - free1 : 0;
   c->instantiations++;
   return cudaSuccess;
 }
@@ -833,7 +832,6 @@ static int cuda_graphs_release(void *ctx) {
     if (c->graphs[i].exec) {
       cudaGraphExecDestroy(c->graphs[i].exec);
       c->graphs[i].exec = NULL;
-      c->graphs[i].exec_bytes = 0;
     }
   c->graphs_asleep = 1;
   stats_publish(c);

@@ -581,19 +581,15 @@ static cudaError_t gemv_launch(gemv_args_t a, int rows, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
-                                    const float *x, const int *rows_of, const uint16_t *norm_w,
-                                    float eps, int T, int in, int accumulate, cudaStream_t stream) {
-  if (nseg < 1 || nseg > MS__CUDA_GEMV_SEGS || T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 ||
-      (!X && (!x || !norm_w)))
-    return cudaErrorInvalidValue;
+/* The arguments of a k_gemv launch over nseg matrices (checked by the
+ * callers). */
+static gemv_args_t gemv_args(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
+                             const float *x, const int *rows_of, const uint16_t *norm_w, float eps,
+                             int T, int in, int accumulate) {
   gemv_args_t a;
   memset(&a, 0, sizeof a);
-  int rows = 0;
-  for (int i = 0; i < nseg; i++) {
+  for (int i = 0; i < nseg; i++)
     a.seg[i] = segs[i];
-    rows += segs[i].rows;
-  }
   a.nseg = nseg;
   a.T = T;
   a.in = in;
@@ -603,7 +599,20 @@ extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, co
   a.rows_of = rows_of;
   a.nw = norm_w;
   a.eps = eps;
-  return gemv_launch(a, rows, stream);
+  return a;
+}
+
+extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
+                                    const float *x, const int *rows_of, const uint16_t *norm_w,
+                                    float eps, int T, int in, int accumulate, cudaStream_t stream) {
+  if (nseg < 1 || nseg > MS__CUDA_GEMV_SEGS || T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 ||
+      (!X && (!x || !norm_w)))
+    return cudaErrorInvalidValue;
+  int rows = 0;
+  for (int i = 0; i < nseg; i++)
+    rows += segs[i].rows;
+  return gemv_launch(gemv_args(segs, nseg, X, x, rows_of, norm_w, eps, T, in, accumulate), rows,
+                     stream);
 }
 
 extern "C" cudaError_t ms__cuk_gemv_swiglu(uint16_t *out, const uint16_t *w_gate,
@@ -612,18 +621,8 @@ extern "C" cudaError_t ms__cuk_gemv_swiglu(uint16_t *out, const uint16_t *w_gate
                                            cudaStream_t stream) {
   if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || !x || !norm_w)
     return cudaErrorInvalidValue;
-  gemv_args_t a;
-  memset(&a, 0, sizeof a);
-  a.seg[0].w = w_gate;
-  a.seg[0].rows = rows;
-  a.seg[1].w = w_up;
-  a.seg[1].rows = rows;
-  a.nseg = 2;
-  a.T = T;
-  a.in = in;
-  a.x = x;
-  a.nw = norm_w;
-  a.eps = eps;
+  ms__cuk_gemv_seg_t segs[2] = {{w_gate, NULL, rows}, {w_up, NULL, rows}};
+  gemv_args_t a = gemv_args(segs, 2, NULL, x, NULL, norm_w, eps, T, in, 0);
   a.swiglu_out = out;
   return gemv_launch(a, rows, stream);
 }
