@@ -557,16 +557,34 @@ static int rope_attention(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uin
   return 0;
 }
 
-/* One decoder layer for T <= MS__CUDA_GEMV_T_MAX rows: six launches. */
+/* One decoder layer for T <= MS__CUDA_GEMV_T_MAX rows: five launches
+ * (q/k/v with RoPE and the KV store, attention, o_proj, gate/up with
+ * SwiGLU, down_proj). */
 static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
   const ms__model_config_t *cfg = &c->m->cfg;
-  int H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim, kvd = c->kv.kv_dim;
+  int H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim;
   int I = cfg->intermediate_size;
   float eps = cfg->rms_norm_eps;
   cudaStream_t st = c->stream;
-  ms__cuk_gemv_seg_t qkv[3] = {{L->wq, c->q, qd}, {L->wk, c->k, kvd}, {L->wv, c->v, kvd}};
-  CK(ms__cuk_gemv(qkv, 3, NULL, c->x, NULL, L->attn_norm, eps, T, H, 0, st), "q/k/v kernel");
-  CB(rope_attention(c, L, kl, vl, T));
+  ms__cuk_qkv_t qkv = {.wq = L->wq,
+                       .wk = L->wk,
+                       .wv = L->wv,
+                       .bq = L->bq,
+                       .bk = L->bk,
+                       .bv = L->bv,
+                       .q = c->q,
+                       .pos = c->d_pos,
+                       .slot = c->d_slot,
+                       .k_pool = kl,
+                       .v_pool = vl,
+                       .num_heads = cfg->num_heads,
+                       .num_kv_heads = cfg->num_kv_heads,
+                       .head_dim = cfg->head_dim,
+                       .theta = cfg->rope_theta};
+  CK(ms__cuk_gemv_qkv(&qkv, c->x, L->attn_norm, eps, T, H, st), "q/k/v kernel");
+  CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, cfg->num_heads,
+                       cfg->num_kv_heads, cfg->head_dim, c->kv.block_tokens, st),
+     "attention kernel");
   ms__cuk_gemv_seg_t o = {L->wo, c->x, H};
   CK(ms__cuk_gemv(&o, 1, c->att, NULL, NULL, NULL, 0.0f, T, qd, 1, st), "o_proj kernel");
   CK(ms__cuk_gemv_swiglu(c->hh, L->w_gate, L->w_up, I, c->x, L->ffn_norm, eps, T, H, st),

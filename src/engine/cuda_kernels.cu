@@ -24,6 +24,7 @@
 
 #define ATT_WARPS      8
 #define GEMV_WARPS     8
+#define GEMV_R         2 /* output rows a group of warps takes at once */
 #define SAMPLE_THREADS 512
 #define SAMPLE_SPLIT   MS__CUDA_SAMPLE_SPLIT
 
@@ -59,16 +60,14 @@ static __device__ float block_sum(float v) {
 
 /* ---- programmatic dependent launch ------------------------------------ */
 
-/* With MEMSLEEP_CUDA_PDL=1 every kernel here is launched with
- * programmatic stream serialization (Hopper): the next kernel in the
- * stream may be scheduled as soon as all blocks of this one are running
- * (pdl_release), and waits in pdl_wait - before it reads or writes
- * anything another kernel touches - for this one to complete. What it
- * does before the wait (k_gemv: pulling its weight rows into L2) overlaps
- * the end of the kernel before: the batch-1 decode step took 1.05 ms
- * instead of 1.15 in one run on an H100 (docs/PERFORMANCE.md). Off by
- * default until the server's GPU suites have run with it; off, the
- * kernels are launched as usual and pdl_wait and pdl_release do nothing. */
+/* On Hopper and later every kernel here is launched with programmatic
+ * stream serialization: the next kernel in the stream may be scheduled
+ * as soon as all blocks of this one are running (pdl_release), and waits
+ * in pdl_wait - before it reads or writes anything another kernel touches
+ * - for this one to complete. What it does before the wait (k_gemv:
+ * loading its first weight words) overlaps the end of the kernel before.
+ * MEMSLEEP_CUDA_PDL=0 turns it off: the kernels are then launched as
+ * usual and pdl_wait and pdl_release do nothing. */
 static __device__ __forceinline__ void pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -91,7 +90,10 @@ static int pdl_enabled(void) {
   static int on = -1;
   if (on < 0) {
     const char *e = getenv("MEMSLEEP_CUDA_PDL");
-    on = e && strcmp(e, "1") == 0;
+    int dev = 0, major = 0;
+    on = !(e && strcmp(e, "0") == 0) && cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+         major >= 9;
   }
   return on;
 }
@@ -369,6 +371,16 @@ static __device__ __forceinline__ uint4 load_stream(const uint4 *p) {
   return r;
 }
 
+/* What the q/k/v kernel does after its dot products (ms__cuk_gemv_qkv). */
+typedef struct gemv_rope {
+  const uint16_t *bq, *bk, *bv; /* biases, or NULL */
+  const int *pos;               /* position of row t */
+  const int64_t *slot;          /* KV-pool slot of row t; -1: store nothing */
+  uint16_t *k_pool, *v_pool;    /* this layer's pools */
+  int qd, kvd, hd;
+  float theta;
+} gemv_rope_t;
+
 /* What k_gemv computes; see ms__cuk_gemv in cuda_kernels.h. */
 typedef struct gemv_args {
   ms__cuk_gemv_seg_t seg[MS__CUDA_GEMV_SEGS];
@@ -379,7 +391,8 @@ typedef struct gemv_args {
   const uint16_t *nw;   /* the RMSNorm weight [in] */
   float eps;            /* the RMSNorm epsilon */
   uint16_t *swiglu_out; /* non-NULL: seg 0 is gate, seg 1 up; out[t][r] = bf16(silu(g) * u) */
-  int prefetch;         /* launched with PDL: pull the first rows into L2 before waiting */
+  int rope;             /* segs are q, k, v: bias, RoPE and the KV store (rp) on the way out */
+  gemv_rope_t rp;
 } gemv_args_t;
 
 /* The input of row t, elements 8v .. 8v + 7, as float32: the bf16 input,
@@ -412,41 +425,120 @@ static __device__ __forceinline__ int gemv_seg(const gemv_args_t &a, int r, int 
   return s;
 }
 
+/* The output row that k_gemv's row index n stands for: n itself, or for
+ * the q/k/v kernel the two halves of a RoPE pair side by side - index 2P
+ * and 2P + 1 are elements i and i + hd / 2 of a q or k head - so that one
+ * group holds both values it rotates together. Returns the segment. */
+static __device__ __forceinline__ int gemv_row(const gemv_args_t &a, int n, int *rr) {
+  int r = n;
+  if (a.rope) {
+    int P = n / 2, j = n % 2, half = a.rp.hd / 2;
+    if (2 * P < a.rp.qd + a.rp.kvd)
+      r = P / half * a.rp.hd + P % half + j * half;
+  }
+  return gemv_seg(a, r, rr);
+}
+
+/* Bias, RoPE and the KV store of one pair (rows rr0 and rr1 of segment
+ * sg) of input row t, as k_rope_store does it: q rotated into its float
+ * rows, k rotated and v into the pools at the row's slot. */
+static __device__ void gemv_rope_out(const gemv_args_t &a, int sg, int rr0, int rr1, int t,
+                                     float y0, float y1) {
+  const gemv_rope_t &p = a.rp;
+  int64_t slot = p.slot[t];
+  if (sg == 2) {
+    if (slot >= 0) {
+      uint16_t *vd = p.v_pool + (size_t)slot * p.kvd;
+      vd[rr0] = f2bf(y0 + (p.bv ? bf2f(p.bv[rr0]) : 0.0f));
+      vd[rr1] = f2bf(y1 + (p.bv ? bf2f(p.bv[rr1]) : 0.0f));
+    }
+    return;
+  }
+  const uint16_t *b = sg == 0 ? p.bq : p.bk;
+  if (b) {
+    y0 += bf2f(b[rr0]);
+    y1 += bf2f(b[rr1]);
+  }
+  int i = rr0 % p.hd;
+  float ang = (float)p.pos[t] * powf(p.theta, -2.0f * (float)i / (float)p.hd), sn, cs;
+  sincosf(ang, &sn, &cs);
+  float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;
+  if (sg == 0) {
+    float *q = a.seg[0].y + (size_t)t * a.seg[0].rows;
+    q[rr0] = r0;
+    q[rr1] = r1;
+  } else if (slot >= 0) {
+    uint16_t *kd = p.k_pool + (size_t)slot * p.kvd;
+    kd[rr0] = f2bf(r0);
+    kd[rr1] = f2bf(r1);
+  }
+}
+
+/* A group's rows from row index n0: their weight rows (the last row again
+ * past the end). */
+static __device__ __forceinline__ void gemv_ptrs(const gemv_args_t &a, int n0, int rows,
+                                                 const uint4 *w0[GEMV_R], const uint4 *w1[GEMV_R]) {
+#pragma unroll
+  for (int j = 0; j < GEMV_R; j++) {
+    int n = n0 + j < rows ? n0 + j : rows - 1, rr;
+    int sg = gemv_row(a, n, &rr);
+    w0[j] = (const uint4 *)(a.seg[sg].w + (size_t)rr * a.in);
+    w1[j] = a.swiglu_out ? (const uint4 *)(a.seg[1].w + (size_t)rr * a.in) : w0[j];
+  }
+}
+
+/* A lane's words v0, v0 + S * 32, ... (NV of them, those below nv) of the
+ * group's rows, all loads issued before any is used. */
+template <int S, int NV>
+static __device__ __forceinline__ void
+gemv_load(const uint4 *const w0[GEMV_R], const uint4 *const w1[GEMV_R], int swiglu, int v0, int nv,
+          uint4 (&u0)[GEMV_R][NV], uint4 (&u1)[GEMV_R][NV]) {
+#pragma unroll
+  for (int n = 0; n < NV; n++) {
+    int v = v0 + n * S * 32;
+    if (v < nv) {
+#pragma unroll
+      for (int j = 0; j < GEMV_R; j++) {
+        u0[j][n] = load_stream(w0[j] + v);
+        if (swiglu)
+          u1[j][n] = load_stream(w1[j] + v);
+      }
+    }
+  }
+}
+
 /* GEMV_R output rows go together. A block's GEMV_WARPS warps form
  * GEMV_WARPS / S groups of S warps; a group takes GEMV_R rows at a time
  * (grid-stride), its S warps splitting the rows' 16-byte words between
- * them (word v to warp (v / 32) % S, lane v % 32), all the rows' loads
- * issued before any is used; each word meets every input row (TM: a
+ * them (word v to warp (v / 32) % S, lane v % 32). A lane holds NV words
+ * of each row at once, loaded before any is used; the first of them are
+ * loaded before the kernel waits for the one before it (pdl_wait), so
+ * with programmatic dependent launch the weight reads of this kernel
+ * overlap the end of the last. Each word meets every input row (TM: a
  * compile-time bound of T). A warp's lanes are summed by shuffles, the
  * group's warps in warp order through shared memory - a fixed order that
  * depends on the width only, so a row's result does not depend on T nor
  * on the rows beside it. S is chosen by the width: wide rows (down_proj)
  * are split over more warps, so that there are enough loads in flight. */
-#define GEMV_R 2
-template <int TM, int S>
-static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) {
+template <int TM, int S, int NV, int SW>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, SW && NV > 2 ? 2 : 4) k_gemv(gemv_args_t a) {
   constexpr int G = GEMV_WARPS / S; /* groups per block */
   __shared__ float scale[MS__CUDA_GEMV_T_MAX];
   __shared__ float part[GEMV_WARPS][GEMV_R][TM][2];
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = warp / S, k = warp % S;
-  int nv = a.in / 8, swiglu = a.swiglu_out != NULL;
-  {
-    /* The first rows' words into L2 while the kernel before ends. */
-    int rows0 = swiglu ? a.seg[0].rows : a.seg[0].rows + a.seg[1].rows + a.seg[2].rows;
-    int r0 = blockIdx.x * G * GEMV_R + g * GEMV_R;
-    pdl_release();
-    for (int j = 0; a.prefetch && j < GEMV_R && r0 + j < rows0; j++) {
-      int rr, sg = gemv_seg(a, r0 + j, &rr);
-      const uint4 *w = (const uint4 *)(a.seg[sg].w + (size_t)rr * a.in);
-      const uint4 *w1 = swiglu ? (const uint4 *)(a.seg[1].w + (size_t)rr * a.in) : NULL;
-      for (int v = k * 32 + lane; v < nv; v += S * 32) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + v));
-        if (w1)
-          asm volatile("prefetch.global.L2 [%0];" ::"l"(w1 + v));
-      }
-    }
-    pdl_wait();
-  }
+  constexpr int swiglu = SW;
+  int nv = a.in / 8, vl = k * 32 + lane;
+  int rows = swiglu ? a.seg[0].rows : 0;
+  if (!swiglu)
+    for (int s = 0; s < a.nseg; s++)
+      rows += a.seg[s].rows;
+  int first = blockIdx.x * G * GEMV_R;
+  const uint4 *w0[GEMV_R], *w1[GEMV_R];
+  uint4 u0[GEMV_R][NV], u1[GEMV_R][NV];
+  gemv_ptrs(a, first + g * GEMV_R, rows, w0, w1);
+  gemv_load<S, NV>(w0, w1, swiglu, vl, nv, u0, u1);
+  pdl_release();
+  pdl_wait();
   if (!a.X)
     for (int t = 0; t < a.T; t++) {
       int row = a.rows_of ? a.rows_of[t] : t;
@@ -459,21 +551,12 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) 
         scale[t] = rsqrtf(ss / (float)a.in + a.eps);
     }
   __syncthreads();
-  int rows = swiglu ? a.seg[0].rows : 0;
-  if (!swiglu)
-    for (int s = 0; s < a.nseg; s++)
-      rows += a.seg[s].rows;
   /* The loop runs the same number of times in every thread of the block
    * (it holds __syncthreads). */
-  for (int base = blockIdx.x * G * GEMV_R; base < rows; base += gridDim.x * G * GEMV_R) {
-    int r0 = base + g * GEMV_R;
-    const uint4 *w0[GEMV_R], *w1[GEMV_R];
-#pragma unroll
-    for (int j = 0; j < GEMV_R; j++) {
-      int r = r0 + j < rows ? r0 + j : rows - 1, rr; /* past the end: repeats the last */
-      int sg = gemv_seg(a, r, &rr);
-      w0[j] = (const uint4 *)(a.seg[sg].w + (size_t)rr * a.in);
-      w1[j] = swiglu ? (const uint4 *)(a.seg[1].w + (size_t)rr * a.in) : w0[j];
+  for (int base = first; base < rows; base += gridDim.x * G * GEMV_R) {
+    if (base != first) {
+      gemv_ptrs(a, base + g * GEMV_R, rows, w0, w1);
+      gemv_load<S, NV>(w0, w1, swiglu, vl, nv, u0, u1);
     }
     float acc0[GEMV_R][TM], acc1[GEMV_R][TM];
 #pragma unroll
@@ -481,31 +564,32 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) 
 #pragma unroll
       for (int t = 0; t < TM; t++)
         acc0[j][t] = acc1[j][t] = 0.0f;
-    for (int v = k * 32 + lane; v < nv; v += S * 32) {
-      uint4 u0[GEMV_R], u1[GEMV_R];
+    for (int c0 = 0; c0 < nv; c0 += S * 32 * NV) {
+      if (c0)
+        gemv_load<S, NV>(w0, w1, swiglu, c0 + vl, nv, u0, u1);
 #pragma unroll
-      for (int j = 0; j < GEMV_R; j++) {
-        u0[j] = load_stream(w0[j] + v);
-        if (swiglu)
-          u1[j] = load_stream(w1[j] + v);
-      }
+      for (int n = 0; n < NV; n++) {
+        int v = c0 + vl + n * S * 32;
+        if (v >= nv)
+          break;
 #pragma unroll
-      for (int t = 0; t < TM; t++) {
-        if (t < a.T) {
-          float in[8];
-          gemv_input(a, scale, t, v, in);
+        for (int t = 0; t < TM; t++) {
+          if (t < a.T) {
+            float in[8];
+            gemv_input(a, scale, t, v, in);
 #pragma unroll
-          for (int j = 0; j < GEMV_R; j++) {
-            float f[8];
-            unpack8(u0[j], f);
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-              acc0[j][t] += f[i] * in[i];
-            if (swiglu) {
-              unpack8(u1[j], f);
+            for (int j = 0; j < GEMV_R; j++) {
+              float f[8];
+              unpack8(u0[j][n], f);
 #pragma unroll
               for (int i = 0; i < 8; i++)
-                acc1[j][t] += f[i] * in[i];
+                acc0[j][t] += f[i] * in[i];
+              if (swiglu) {
+                unpack8(u1[j][n], f);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                  acc1[j][t] += f[i] * in[i];
+              }
             }
           }
         }
@@ -522,58 +606,82 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(gemv_args_t a) 
         }
       }
     __syncthreads();
-    /* One thread per (group, row, input row) adds the group's warps. */
-    for (int q = threadIdx.x; q < G * GEMV_R * TM; q += blockDim.x) {
-      int gq = q / (GEMV_R * TM), j = q / TM % GEMV_R, t = q % TM, r = base + gq * GEMV_R + j;
-      if (t >= a.T || r >= rows)
+    /* One thread per (group, input row) adds the group's warps for its
+     * rows. */
+    for (int q = threadIdx.x; q < G * TM; q += blockDim.x) {
+      int gq = q / TM, t = q % TM, n0 = base + gq * GEMV_R;
+      if (t >= a.T || n0 >= rows)
         continue;
-      float y0 = 0.0f, y1 = 0.0f;
-      for (int w = 0; w < S; w++) {
-        y0 += part[gq * S + w][j][t][0];
-        y1 += part[gq * S + w][j][t][1];
+      float y0[GEMV_R], y1[GEMV_R];
+      int sg[GEMV_R], rr[GEMV_R];
+#pragma unroll
+      for (int j = 0; j < GEMV_R; j++) {
+        y0[j] = y1[j] = 0.0f;
+        for (int w = 0; w < S; w++) {
+          y0[j] += part[gq * S + w][j][t][0];
+          y1[j] += part[gq * S + w][j][t][1];
+        }
+        sg[j] = gemv_row(a, n0 + j, &rr[j]);
       }
-      int rr, sg = gemv_seg(a, r, &rr);
-      if (swiglu) {
-        a.swiglu_out[(size_t)t * rows + rr] = f2bf(y0 / (1.0f + expf(-y0)) * y1);
-      } else {
-        float *y = a.seg[sg].y + (size_t)t * a.seg[sg].rows + rr;
-        *y = a.accumulate ? *y + y0 : y0;
+      if (a.rope) { /* rows come in pairs: n0 + 1 < rows */
+        gemv_rope_out(a, sg[0], rr[0], rr[1], t, y0[0], y0[1]);
+        continue;
+      }
+#pragma unroll
+      for (int j = 0; j < GEMV_R; j++) {
+        if (n0 + j >= rows)
+          break;
+        if (swiglu) {
+          a.swiglu_out[(size_t)t * rows + rr[j]] = f2bf(y0[j] / (1.0f + expf(-y0[j])) * y1[j]);
+        } else {
+          float *y = a.seg[sg[j]].y + (size_t)t * a.seg[sg[j]].rows + rr[j];
+          *y = a.accumulate ? *y + y0[j] : y0[j];
+        }
       }
     }
     __syncthreads();
   }
 }
 
-/* Launches k_gemv<TM, S> over rows output rows: as many blocks as the rows
- * need, at most 16 per multiprocessor of a large GPU (the rest go round
- * the grid). */
-template <int TM, int S>
+/* Launches k_gemv<TM, S, NV> over rows output rows: as many blocks as the
+ * rows need, at most 16 per multiprocessor of a large GPU (the rest go
+ * round the grid). */
+template <int TM, int S, int NV>
 static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
   int per_block = GEMV_WARPS / S * GEMV_R;
   int b = (rows + per_block - 1) / per_block;
-  launch(k_gemv<TM, S>,
-         dim3((unsigned)(b < 1      ? 1
-                         : b > 2112 ? 2112
-                                    : b)),
-         dim3(GEMV_WARPS * 32), stream, a);
+  dim3 grid((unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b)), block(GEMV_WARPS * 32);
+  if (a.swiglu_out)
+    launch(k_gemv<TM, S, NV, 1>, grid, block, stream, a);
+  else
+    launch(k_gemv<TM, S, NV, 0>, grid, block, stream, a);
+}
+
+/* NV: a lane's words of a row, two when they fit (the registers they take
+ * keep more blocks resident), else four a chunk. */
+template <int TM, int S>
+static void gemv_launch_v(const gemv_args_t &a, int rows, cudaStream_t stream) {
+  if (a.in / 8 <= S * 32 * 2)
+    gemv_launch_s<TM, S, 2>(a, rows, stream);
+  else
+    gemv_launch_s<TM, S, 4>(a, rows, stream);
 }
 
 template <int TM> static void gemv_launch_t(const gemv_args_t &a, int rows, cudaStream_t stream) {
   /* Each lane gets about two words of a row or more (896 wide: 1.75). */
   int nv = a.in / 8;
   if (nv >= 8 * 32 * 2)
-    gemv_launch_s<TM, 8>(a, rows, stream);
+    gemv_launch_v<TM, 8>(a, rows, stream);
   else if (nv >= 4 * 32 * 2)
-    gemv_launch_s<TM, 4>(a, rows, stream);
+    gemv_launch_v<TM, 4>(a, rows, stream);
   else if (nv >= 2 * 32 * 1.5)
-    gemv_launch_s<TM, 2>(a, rows, stream);
+    gemv_launch_v<TM, 2>(a, rows, stream);
   else
-    gemv_launch_s<TM, 1>(a, rows, stream);
+    gemv_launch_v<TM, 1>(a, rows, stream);
 }
 
 /* Launches k_gemv with the smallest compile-time bound that holds T. */
-static cudaError_t gemv_launch(gemv_args_t a, int rows, cudaStream_t stream) {
-  a.prefetch = pdl_enabled();
+static cudaError_t gemv_launch(const gemv_args_t &a, int rows, cudaStream_t stream) {
   if (a.T == 1)
     gemv_launch_t<1>(a, rows, stream);
   else
@@ -613,6 +721,30 @@ extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, co
     rows += segs[i].rows;
   return gemv_launch(gemv_args(segs, nseg, X, x, rows_of, norm_w, eps, T, in, accumulate), rows,
                      stream);
+}
+
+extern "C" cudaError_t ms__cuk_gemv_qkv(const ms__cuk_qkv_t *p, const float *x,
+                                        const uint16_t *norm_w, float eps, int T, int in,
+                                        cudaStream_t stream) {
+  int qd = p->num_heads * p->head_dim, kvd = p->num_kv_heads * p->head_dim;
+  if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || !x || !norm_w || p->head_dim % 2 != 0 ||
+      p->head_dim < 2)
+    return cudaErrorInvalidValue;
+  ms__cuk_gemv_seg_t segs[3] = {{p->wq, p->q, qd}, {p->wk, NULL, kvd}, {p->wv, NULL, kvd}};
+  gemv_args_t a = gemv_args(segs, 3, NULL, x, NULL, norm_w, eps, T, in, 0);
+  a.rope = 1;
+  a.rp.bq = p->bq;
+  a.rp.bk = p->bk;
+  a.rp.bv = p->bv;
+  a.rp.pos = p->pos;
+  a.rp.slot = p->slot;
+  a.rp.k_pool = p->k_pool;
+  a.rp.v_pool = p->v_pool;
+  a.rp.qd = qd;
+  a.rp.kvd = kvd;
+  a.rp.hd = p->head_dim;
+  a.rp.theta = p->theta;
+  return gemv_launch(a, qd + 2 * kvd, stream);
 }
 
 extern "C" cudaError_t ms__cuk_gemv_swiglu(uint16_t *out, const uint16_t *w_gate,

@@ -77,6 +77,26 @@ cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_
                          const float *x, const int *rows_of, const uint16_t *norm_w, float eps,
                          int T, int in, int accumulate, cudaStream_t stream);
 
+/* The q/k/v projections of a decoder layer with what follows them: bias,
+ * RoPE at each row's position and the new keys and values into this
+ * layer's pools at each row's slot (ms__cuk_rope_store's work). */
+typedef struct ms__cuk_qkv {
+  const uint16_t *wq, *wk, *wv; /* bf16 [num_heads * head_dim][in], [kv dim][in] twice */
+  const uint16_t *bq, *bk, *bv; /* biases, or NULL */
+  float *q;                     /* out: float32 [T][num_heads * head_dim], rotated */
+  const int *pos;               /* position of row t */
+  const int64_t *slot;          /* pool slot of row t; -1: stores nothing (padding) */
+  uint16_t *k_pool, *v_pool;
+  int num_heads, num_kv_heads, head_dim;
+  float theta;
+} ms__cuk_qkv_t;
+
+/* q/k/v of the RMSNorm of x's rows (as ms__cuk_gemv with rows_of NULL)
+ * for t < T <= MS__CUDA_GEMV_T_MAX, in one launch; the results are those
+ * of ms__cuk_gemv followed by ms__cuk_rope_store. */
+cudaError_t ms__cuk_gemv_qkv(const ms__cuk_qkv_t *p, const float *x, const uint16_t *norm_w,
+                             float eps, int T, int in, cudaStream_t stream);
+
 /* out[t][r] = bf16(silu(g) * u) with g = W_gate[r] . in[t], u = W_up[r] .
  * in[t], in[t] the RMSNorm of x[t] with norm_w (as ms__cuk_gemv), for r <
  * rows and t < T <= MS__CUDA_GEMV_T_MAX. */
