@@ -4,16 +4,18 @@
  * Plain, readable kernels: one block per token row (embedding, RMSNorm,
  * RoPE) or per (token row, head) pair (attention), grid-stride loops
  * elsewhere. Attention streams over a sequence's positions with an online
- * softmax - each of four warps keeps a running maximum, sum and weighted
+ * softmax - each of eight warps keeps a running maximum, sum and weighted
  * value for the positions it takes, and the warps are merged at the end -
  * so its memory does not grow with the context; each warp loads the keys
  * and values of several positions before it uses any of them, so one
  * memory latency covers several positions. The projections of batches of
  * more than MS__CUDA_GEMV_T_MAX rows are cuBLAS's, in compute_cuda.c; the
- * small batches of decoding use k_gemv: a warp per output row reads the
- * row once with 16-byte loads and applies it to every token row, with the
- * RMSNorm of the input or the SwiGLU of the output folded in - a decode
- * step reads its weights once, in few kernels.
+ * small batches of decoding use k_gemv: groups of warps take two output
+ * rows at a time, read them once with 16-byte loads and apply them to
+ * every token row, with the RMSNorm of the input, the SwiGLU of the output
+ * or the q/k/v epilogue (bias, RoPE, KV store) folded in - a decode layer
+ * is five launches. On Hopper every kernel is a programmatic dependent of
+ * the one before (see below).
  */
 #include <cuda_bf16.h>
 #include <math.h>

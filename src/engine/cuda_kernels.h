@@ -36,7 +36,7 @@ cudaError_t ms__cuk_rmsnorm(uint16_t *out, const float *x, const int *rows_of, c
 /* For each of T token rows: adds the q/k/v biases (NULL: none), rotates
  * each head of q (num_heads) and k (num_kv_heads) by pos[t] * theta^(-2i /
  * head_dim) in Hugging Face's rotate_half convention (pairs (i, i +
- * head_dim / 2), angles in double precision as the CPU backend does), and
+ * head_dim / 2), angles in float32 as Hugging Face computes them), and
  * stores k and v as bfloat16 at slot slot[t] (block * block_tokens +
  * offset) of the layer's pools k_pool and v_pool ([slots][kv_dim]); a row
  * whose slot is negative (padding) stores nothing. q stays float32, in
