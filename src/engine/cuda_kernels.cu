@@ -509,6 +509,13 @@ gemv_load(const uint4 *const w0[GEMV_R], const uint4 *const w1[GEMV_R], int swig
   }
 }
 
+/* Blocks of k_gemv a multiprocessor should hold (the registers' bound):
+ * four, but two for SwiGLU with four words a lane (gate and up rows held
+ * at once would spill). */
+constexpr int gemv_min_blocks(int sw, int nv) {
+  return sw && nv > 2 ? 2 : 4;
+}
+
 /* GEMV_R output rows go together. A block's GEMV_WARPS warps form
  * GEMV_WARPS / S groups of S warps; a group takes GEMV_R rows at a time
  * (grid-stride), its S warps splitting the rows' 16-byte words between
@@ -523,7 +530,8 @@ gemv_load(const uint4 *const w0[GEMV_R], const uint4 *const w1[GEMV_R], int swig
  * on the rows beside it. S is chosen by the width: wide rows (down_proj)
  * are split over more warps, so that there are enough loads in flight. */
 template <int TM, int S, int NV, int SW>
-static __global__ void __launch_bounds__(GEMV_WARPS * 32, SW && NV > 2 ? 2 : 4) k_gemv(gemv_args_t a) {
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV))
+    k_gemv(gemv_args_t a) {
   constexpr int G = GEMV_WARPS / S; /* groups per block */
   __shared__ float scale[MS__CUDA_GEMV_T_MAX];
   __shared__ float part[GEMV_WARPS][GEMV_R][TM][2];
