@@ -6,10 +6,12 @@
  * tensor the configuration needs (name, shape), finds each one in
  * model.safetensors or in the shard that model.safetensors.index.json names,
  * and checks that it is there, has the right shape and a dtype we convert.
- * Only then does the read pass allocate (one memsleep allocation per tensor,
- * under the caller's tag and flags, on the caller's device) and convert the
- * data: to float32 in place on the host; for a CUDA device to bfloat16 in a
- * host staging buffer (as large as the largest tensor) that is then copied
+ * Only then does the read pass allocate (one memsleep allocation for every
+ * tensor, each at a 256-byte aligned offset in it, under the caller's tag and
+ * flags, on the caller's device: one region to map, copy and unmap at a
+ * sleep or wake instead of hundreds, and no per-tensor rounding to the
+ * device's mapping granularity) and convert the data: to float32 in place on the host; for a CUDA
+ * device to bfloat16 in a host staging buffer (as large as the largest tensor) that is then copied
  * to the tensor's device allocation. So a
  * broken directory is refused before any memory is taken, and a reload
  * (update_weights_from_disk) is refused before a byte of the live weights is
@@ -293,19 +295,20 @@ static int plan_read(const plan_t *p, int device, ms__progress_fn fn, void *user
   return rc;
 }
 
-/* Frees each allocation the model made, then its tables; zeroes *m. */
+/* Frees the model's allocation, then its tables; zeroes *m. */
 void ms__model_free(ms__model_t *m) {
   if (!m)
     return;
-  for (size_t i = 0; i < m->nallocs; i++)
-    if (m->allocs[i])
-      memsleep_free(m->allocs[i]);
-  free(m->allocs);
+  if (m->arena)
+    memsleep_free(m->arena);
   free(m->layers);
   memset(m, 0, sizeof *m);
 }
 
-/* Loads dir: plan, allocate one block per tensor, read. On failure every
+/* Where each tensor starts in the model's allocation. */
+#define TENSOR_ALIGN 256
+
+/* Loads dir: plan, allocate one block for all tensors, read. On failure the
  * allocation is freed and *out is zeroed. */
 int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
                    ms__progress_fn progress, void *user, ms__model_t *out) {
@@ -337,23 +340,23 @@ int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
     return rc;
   }
   m.cfg = p.cfg;
-  m.allocs = calloc(p.nwants, sizeof *m.allocs);
-  if (!m.allocs) {
-    rc = ms__fail(MEMSLEEP_ENOMEM, "%s: no memory", dir);
-    goto fail;
-  }
+  size_t total = 0;
   for (size_t i = 0; i < p.nwants; i++) {
     size_t bytes = (size_t)want_numel(&p.wants[i]) * (size_t)m.elem_bytes;
-    void *ptr = NULL;
-    rc = memsleep_alloc(&ptr, bytes, device, tag, flags);
-    if (rc) {
-      ms__fail_append(" (allocating %zu bytes for tensor \"%s\" of %s)", bytes, p.wants[i].name,
-                      dir);
-      goto fail;
-    }
-    m.allocs[m.nallocs++] = ptr;
-    *p.wants[i].slot = ptr;
+    total += (bytes + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
     m.weight_bytes += bytes;
+  }
+  rc = memsleep_alloc(&m.arena, total, device, tag, flags);
+  if (rc) {
+    m.arena = NULL;
+    ms__fail_append(" (allocating %zu bytes for the %zu tensors of %s)", total, p.nwants, dir);
+    goto fail;
+  }
+  size_t off = 0;
+  for (size_t i = 0; i < p.nwants; i++) {
+    size_t bytes = (size_t)want_numel(&p.wants[i]) * (size_t)m.elem_bytes;
+    *p.wants[i].slot = (char *)m.arena + off;
+    off += (bytes + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
   }
   if (m.cfg.tie_word_embeddings)
     m.lm_head = m.embed;

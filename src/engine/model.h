@@ -71,8 +71,7 @@ typedef struct ms__model {
   ms__layer_t *layers; /* [num_layers], heap (never in a sleeping region) */
   void *final_norm;    /* [hidden] model.norm */
   void *lm_head;       /* [vocab][hidden]; == embed when tied */
-  void **allocs;       /* the memsleep allocations holding the weights */
-  size_t nallocs;
+  void *arena;         /* the memsleep allocation holding every tensor */
   size_t weight_bytes; /* bytes of weights in memsleep memory */
   int device;          /* MEMSLEEP_HOST, or the CUDA ordinal holding the weights */
   int elem_bytes;      /* 4: float32 (host), 2: bfloat16 (CUDA device) */

@@ -149,8 +149,7 @@ static inline void tm_assert_load_fails(const char *dir, int code) {
   if (rc != code)
     fail_msg("load of %s gave %d (%s), expected %d", dir, rc, memsleep_last_error(), code);
   assert_null(m.layers);
-  assert_null(m.allocs);
-  assert_int_equal(m.nallocs, 0);
+  assert_null(m.arena);
   tm_assert_nothing_allocated();
 }
 

@@ -160,7 +160,7 @@ static void test_weights_survive_release_resume(void **state) {
   load_ok(d, "weights", &m);
   memsleep_stats_t st;
   assert_int_equal(memsleep_stats("weights", &st), 0);
-  assert_int_equal(st.allocations, m.nallocs);
+  assert_int_equal(st.allocations, 1); /* every tensor in one allocation */
   assert_true(st.resident_bytes >= m.weight_bytes);
   size_t total;
   float *snap = snapshot(&m, &total);
@@ -197,7 +197,7 @@ static void test_load_into_sleeping_tag_fails(void **state) {
   ms__model_t m;
   assert_int_equal(ms__model_load(d, "asleep-w", MEMSLEEP_BACKUP, MEMSLEEP_HOST, NULL, NULL, &m),
                    MEMSLEEP_ESTATE);
-  tm_assert_error_names("model.embed_tokens.weight", NULL);
+  tm_assert_error_names("asleep", d, NULL); /* the tag's state and the model's directory */
   assert_null(m.layers);
   assert_int_equal(memsleep_resume(tags, 1), 0);
   assert_int_equal(memsleep_free(p), 0);
