@@ -6,13 +6,14 @@
  * tensor the configuration needs (name, shape), finds each one in
  * model.safetensors or in the shard that model.safetensors.index.json names,
  * and checks that it is there, has the right shape and a dtype we convert.
- * Only then does the read pass allocate (one memsleep allocation for every
- * tensor, each at a 256-byte aligned offset in it, under the caller's tag and
- * flags, on the caller's device: one region to map, copy and unmap at a
- * sleep or wake instead of hundreds, and no per-tensor rounding to the
- * device's mapping granularity) and convert the data: to float32 in place on the host; for a CUDA
- * device to bfloat16 in a host staging buffer (as large as the largest tensor) that is then copied
- * to the tensor's device allocation. So a
+ * Only then does the read pass allocate and convert the data. Every tensor
+ * goes into one memsleep allocation (under the caller's tag and flags, on
+ * the caller's device), each at a 256-byte aligned offset: a sleep or wake
+ * maps, copies and unmaps one region instead of hundreds, and small tensors
+ * are not each rounded up to the device's mapping granularity. The data is
+ * converted to float32 in place on the host; for a CUDA device to bfloat16
+ * in a host staging buffer (as large as the largest tensor) that is then
+ * copied to the tensor's place on the device. So a
  * broken directory is refused before any memory is taken, and a reload
  * (update_weights_from_disk) is refused before a byte of the live weights is
  * overwritten.
@@ -305,8 +306,12 @@ void ms__model_free(ms__model_t *m) {
   memset(m, 0, sizeof *m);
 }
 
-/* Where each tensor starts in the model's allocation. */
-#define TENSOR_ALIGN 256
+/* Bytes tensor w takes in the model's allocation: its own, rounded up so
+ * that the next one starts 256-byte aligned. */
+static size_t tensor_span(const want_t *w, int elem_bytes) {
+  size_t bytes = (size_t)want_numel(w) * (size_t)elem_bytes;
+  return (bytes + 255) / 256 * 256;
+}
 
 /* Loads dir: plan, allocate one block for all tensors, read. On failure the
  * allocation is freed and *out is zeroed. */
@@ -342,9 +347,8 @@ int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
   m.cfg = p.cfg;
   size_t total = 0;
   for (size_t i = 0; i < p.nwants; i++) {
-    size_t bytes = (size_t)want_numel(&p.wants[i]) * (size_t)m.elem_bytes;
-    total += (bytes + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
-    m.weight_bytes += bytes;
+    total += tensor_span(&p.wants[i], m.elem_bytes);
+    m.weight_bytes += (size_t)want_numel(&p.wants[i]) * (size_t)m.elem_bytes;
   }
   rc = memsleep_alloc(&m.arena, total, device, tag, flags);
   if (rc) {
@@ -354,9 +358,8 @@ int ms__model_load(const char *dir, const char *tag, unsigned flags, int device,
   }
   size_t off = 0;
   for (size_t i = 0; i < p.nwants; i++) {
-    size_t bytes = (size_t)want_numel(&p.wants[i]) * (size_t)m.elem_bytes;
     *p.wants[i].slot = (char *)m.arena + off;
-    off += (bytes + TENSOR_ALIGN - 1) / TENSOR_ALIGN * TENSOR_ALIGN;
+    off += tensor_span(&p.wants[i], m.elem_bytes);
   }
   if (m.cfg.tie_word_embeddings)
     m.lm_head = m.embed;
