@@ -17,6 +17,7 @@
  * is five launches. On Hopper every kernel is a programmatic dependent of
  * the one before (see below).
  */
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,11 +25,14 @@
 
 #include "engine/cuda_kernels.h"
 
-#define ATT_WARPS      8
-#define GEMV_WARPS     8
-#define GEMV_R         2 /* output rows a group of warps takes at once */
-#define SAMPLE_THREADS 512
-#define SAMPLE_SPLIT   MS__CUDA_SAMPLE_SPLIT
+namespace cg = cooperative_groups;
+
+#define ATT_WARPS        8
+#define ATT_SPREAD_PAIRS 64 /* (row, head) pairs up to which attention spreads over clusters */
+#define GEMV_WARPS       8
+#define GEMV_R           2 /* output rows a group of warps takes at once */
+#define SAMPLE_THREADS   512
+#define SAMPLE_SPLIT     MS__CUDA_SAMPLE_SPLIT
 
 static __device__ __forceinline__ float bf2f(uint16_t b) {
   return __uint_as_float((unsigned)b << 16);
@@ -187,46 +191,68 @@ static __global__ void k_rope_store(float *q, float *k, const float *v, const ui
   }
 }
 
-/* PL: head elements per lane (head_dim <= 32 * PL); CH: positions a warp
- * loads at once (more for small heads: the same registers). */
-template <int PL, int CH>
-static __global__ void __launch_bounds__(ATT_WARPS * 32)
-    k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
-                const uint32_t *tables, const int *tab_off, const int *pos, int nh, int group,
-                int hd, int bt) {
-  pdl_begin();
-  __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
-  __shared__ float sm_acc[ATT_WARPS][MS__CUDA_HEAD_DIM_MAX];
-  int t = blockIdx.x, h = blockIdx.y, g = h / group;
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int kvd = nh / group * hd;
-  int p = pos[t];
-  const uint32_t *table = tables + tab_off[t];
-  const float *qv = q + ((size_t)t * nh + h) * hd;
-  float scale = rsqrtf((float)hd);
-  float qr[PL], acc[PL];
+/* How a row's positions are split into ranges: one range for up to
+ * ATT_SPLIT_MIN positions, then one more per ATT_SPLIT_MIN, at most
+ * MS__CUDA_ATT_SPLITS; the split depends on the row's position only. */
+#define ATT_SPLIT_MIN 64
+
+static __device__ __forceinline__ int att_splits(int n) {
+  int S = (n + ATT_SPLIT_MIN - 1) / ATT_SPLIT_MIN;
+  return S < MS__CUDA_ATT_SPLITS ? S : MS__CUDA_ATT_SPLITS;
+}
+
+/* One range's part of a (row, head): the largest score m, the sum of the
+ * weights exp(score - m) and the values weighted by them. */
+typedef struct att_part {
+  float m, l;
+  float acc[MS__CUDA_HEAD_DIM_MAX];
+} att_part_t;
+
+/* Pool offsets of the CH positions from s0 (0 for those not below hi). */
+template <int CH>
+static __device__ __forceinline__ void att_bases(const uint32_t *table, int s0, int hi, int bt,
+                                                 int kvd, int ghd, size_t (&base)[CH]) {
 #pragma unroll
-  for (int j = 0; j < PL; j++) {
-    int d = lane + 32 * j;
-    qr[j] = d < hd ? qv[d] : 0.0f;
-    acc[j] = 0.0f;
+  for (int c = 0; c < CH; c++) {
+    int s = s0 + c;
+    base[c] = s < hi ? ((size_t)table[s / bt] * bt + (size_t)(s % bt)) * kvd + (size_t)ghd : 0;
   }
-  float m = -INFINITY, l = 0.0f;
-  /* Warp w takes positions w * CH .. + CH - 1, then the
-   * chunk ATT_WARPS chunks further on, and so on. */
-  for (int s0 = warp * CH; s0 <= p; s0 += ATT_WARPS * CH) {
+}
+
+/* The block's part over positions lo .. hi - 1 (lo < hi) into *out: warp
+ * w takes positions lo + w * CH .. + CH - 1, then the chunk ATT_WARPS
+ * chunks further on, and so on; the warps' parts are then added in warp
+ * order. base0 holds warp's first chunk's pool offsets. Ends with the
+ * block synchronised. */
+template <int PL, int CH>
+static __device__ void att_range(const float (&qr)[PL], const uint16_t *k_pool,
+                                 const uint16_t *v_pool, const uint32_t *table, int lo, int hi,
+                                 int bt, int kvd, int ghd, int hd, const size_t (&base0)[CH],
+                                 float (*sm_acc)[MS__CUDA_HEAD_DIM_MAX], float *sm_m, float *sm_l,
+                                 att_part_t *out) {
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float scale = rsqrtf((float)hd), acc[PL], m = -INFINITY, l = 0.0f;
+#pragma unroll
+  for (int j = 0; j < PL; j++)
+    acc[j] = 0.0f;
+  for (int s0 = lo + warp * CH; s0 < hi; s0 += ATT_WARPS * CH) {
+    size_t base[CH];
+    if (s0 == lo + warp * CH) {
+#pragma unroll
+      for (int c = 0; c < CH; c++)
+        base[c] = base0[c];
+    } else {
+      att_bases<CH>(table, s0, hi, bt, kvd, ghd, base);
+    }
     float kc[CH][PL], vc[CH][PL];
 #pragma unroll
     for (int c = 0; c < CH; c++) {
-      int s = s0 + c;
-      size_t base =
-          s <= p ? ((size_t)table[s / bt] * bt + (size_t)(s % bt)) * kvd + (size_t)g * hd : 0;
 #pragma unroll
       for (int j = 0; j < PL; j++) {
         int d = lane + 32 * j;
-        int ok = s <= p && d < hd;
-        kc[c][j] = ok ? bf2f(k_pool[base + d]) : 0.0f;
-        vc[c][j] = ok ? bf2f(v_pool[base + d]) : 0.0f;
+        int ok = s0 + c < hi && d < hd;
+        kc[c][j] = ok ? bf2f(k_pool[base[c] + d]) : 0.0f;
+        vc[c][j] = ok ? bf2f(v_pool[base[c] + d]) : 0.0f;
       }
     }
     float sc[CH], mn = m;
@@ -236,11 +262,11 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
       for (int j = 0; j < PL; j++)
         dot += qr[j] * kc[c][j];
-      float sum = warp_sum(dot); /* every lane takes part, whether s0 + c <= p or not */
-      sc[c] = s0 + c <= p ? sum * scale : -INFINITY;
+      float sum = warp_sum(dot); /* every lane takes part, whether s0 + c < hi or not */
+      sc[c] = s0 + c < hi ? sum * scale : -INFINITY;
       mn = fmaxf(mn, sc[c]);
     }
-    /* mn is finite: position s0 <= p is in the chunk. */
+    /* mn is finite: position s0 < hi is in the chunk. */
     float corr = expf(m - mn);
     l *= corr;
 #pragma unroll
@@ -267,8 +293,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
       sm_acc[warp][d] = acc[j];
   }
   __syncthreads();
-  /* Warp 0 took position 0, so the largest maximum is finite; a warp that
-   * took no position has m = -inf and weighs exp(-inf) = 0. */
+  /* Warp 0 took position lo, so the largest maximum is finite; a warp
+   * that took no position has m = -inf and weighs exp(-inf) = 0. */
   float mx = sm_m[0];
   for (int w = 1; w < ATT_WARPS; w++)
     mx = fmaxf(mx, sm_m[w]);
@@ -277,13 +303,96 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     wt[w] = expf(sm_m[w] - mx);
     wsum += sm_l[w] * wt[w];
   }
-  uint16_t *o = out + ((size_t)t * nh + h) * hd;
+  if (threadIdx.x == 0) {
+    out->m = mx;
+    out->l = wsum;
+  }
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float s = 0.0f;
     for (int w = 0; w < ATT_WARPS; w++)
       s += sm_acc[w][d] * wt[w];
-    o[d] = f2bf(s / wsum);
+    out->acc[d] = s;
   }
+  __syncthreads();
+}
+
+/* The output of a (row, head) from its S ranges' parts, added in range
+ * order (the same arithmetic wherever the parts were made). */
+static __device__ void att_combine(const att_part_t *const *pr, int S, int hd, uint16_t *o) {
+  float M = pr[0]->m;
+  for (int r = 1; r < S; r++)
+    M = fmaxf(M, pr[r]->m);
+  float W = 0.0f, e[MS__CUDA_ATT_SPLITS];
+  for (int r = 0; r < S; r++) {
+    e[r] = expf(pr[r]->m - M);
+    W = __fmaf_rn(pr[r]->l, e[r], W);
+  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float s = 0.0f;
+    for (int r = 0; r < S; r++)
+      s = __fmaf_rn(pr[r]->acc[d], e[r], s);
+    o[d] = f2bf(__fdiv_rn(s, W));
+  }
+}
+
+/* PL: head elements per lane (head_dim <= 32 * PL); CH: positions a warp
+ * loads at once (more for small heads: the same registers). A (row t,
+ * head h) is split into att_splits ranges of its positions 0 .. pos[t].
+ * SPREAD: block (t, h, z) of a cluster of MS__CUDA_ATT_SPLITS blocks
+ * takes range z, and the cluster's first block adds the parts from the
+ * others' shared memory. Else block (t, h) takes the ranges one after
+ * another. Both give the same bits. The block tables and positions are
+ * read before pdl_wait: they come from the host before the pass starts. */
+template <int PL, int CH, int SPREAD>
+static __global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
+                const uint32_t *tables, const int *tab_off, const int *pos, int nh, int group,
+                int hd, int bt) {
+  __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+  __shared__ float sm_acc[ATT_WARPS][MS__CUDA_HEAD_DIM_MAX];
+  __shared__ att_part_t parts[SPREAD ? 1 : MS__CUDA_ATT_SPLITS];
+  int t = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int kvd = nh / group * hd, ghd = h / group * hd;
+  int n = pos[t] + 1, S = att_splits(n), len = (n + S - 1) / S;
+  const uint32_t *table = tables + tab_off[t];
+  int z0 = SPREAD ? blockIdx.z : 0, z1 = SPREAD ? (int)blockIdx.z + 1 : S;
+  size_t base0[CH];
+  if (z0 < S) {
+    int lo = z0 * len, hi = lo + len < n ? lo + len : n;
+    att_bases<CH>(table, lo + warp * CH, hi, bt, kvd, ghd, base0);
+  }
+  pdl_release();
+  pdl_wait();
+  const float *qv = q + ((size_t)t * nh + h) * hd;
+  float qr[PL];
+#pragma unroll
+  for (int j = 0; j < PL; j++) {
+    int d = lane + 32 * j;
+    qr[j] = d < hd ? qv[d] : 0.0f;
+  }
+  for (int z = z0; z < z1 && z < S; z++) {
+    int lo = z * len, hi = lo + len < n ? lo + len : n;
+    if (z != z0)
+      att_bases<CH>(table, lo + warp * CH, hi, bt, kvd, ghd, base0);
+    att_range<PL, CH>(qr, k_pool, v_pool, table, lo, hi, bt, kvd, ghd, hd, base0, sm_acc, sm_m,
+                      sm_l, &parts[SPREAD ? 0 : z]);
+  }
+  uint16_t *o = out + ((size_t)t * nh + h) * hd;
+  const att_part_t *pr[MS__CUDA_ATT_SPLITS];
+  if (!SPREAD) {
+    for (int r = 0; r < S; r++)
+      pr[r] = &parts[r];
+    att_combine(pr, S, hd, o);
+    return;
+  }
+  cg::cluster_group cl = cg::this_cluster();
+  cl.sync(); /* every range's part is in its block's shared memory */
+  if (cl.block_rank() == 0) {
+    for (int r = 0; r < S; r++)
+      pr[r] = cl.map_shared_rank(&parts[0], (unsigned)r);
+    att_combine(pr, S, hd, o);
+  }
+  cl.sync(); /* no block leaves while the first still reads its part */
 }
 
 static __global__ void k_swiglu(uint16_t *out, const float *gate, const float *up, size_t n) {
@@ -322,6 +431,39 @@ extern "C" cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, co
                 slot, k_pool, v_pool, num_heads, num_kv_heads, head_dim, (double)theta);
 }
 
+/* Launches k_attention<PL, CH, *>: spread over clusters when the rows
+ * and heads alone would leave most multiprocessors idle. */
+template <int PL, int CH>
+static cudaError_t attention_launch(int T, int nh, cudaStream_t stream, uint16_t *out,
+                                    const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
+                                    const uint32_t *tables, const int *tab_off, const int *pos,
+                                    int group, int hd, int bt) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.blockDim = dim3(ATT_WARPS * 32);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (pdl_enabled()) {
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  cfg.attrs = attr;
+  if (T * nh <= ATT_SPREAD_PAIRS) {
+    cfg.gridDim = dim3((unsigned)T, (unsigned)nh, MS__CUDA_ATT_SPLITS);
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = 1;
+    attr[na].val.clusterDim.y = 1;
+    attr[na++].val.clusterDim.z = MS__CUDA_ATT_SPLITS;
+    cfg.numAttrs = (unsigned)na;
+    return cudaLaunchKernelEx(&cfg, k_attention<PL, CH, 1>, out, q, k_pool, v_pool, tables, tab_off,
+                              pos, nh, group, hd, bt);
+  }
+  cfg.gridDim = dim3((unsigned)T, (unsigned)nh);
+  cfg.numAttrs = (unsigned)na;
+  return cudaLaunchKernelEx(&cfg, k_attention<PL, CH, 0>, out, q, k_pool, v_pool, tables, tab_off,
+                            pos, nh, group, hd, bt);
+}
+
 extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
                                          const uint16_t *v_pool, const uint32_t *tables,
                                          const int *tab_off, const int *pos, int T, int num_heads,
@@ -329,17 +471,15 @@ extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const ui
                                          cudaStream_t stream) {
   if (head_dim > MS__CUDA_HEAD_DIM_MAX || num_heads % num_kv_heads != 0)
     return cudaErrorInvalidValue;
-  dim3 grid((unsigned)T, (unsigned)num_heads);
   int group = num_heads / num_kv_heads;
-  dim3 block(ATT_WARPS * 32);
   if (head_dim <= 64)
-    return launch(k_attention<2, 8>, grid, block, stream, out, q, k_pool, v_pool, tables, tab_off,
-                  pos, num_heads, group, head_dim, block_tokens);
+    return attention_launch<2, 8>(T, num_heads, stream, out, q, k_pool, v_pool, tables, tab_off,
+                                  pos, group, head_dim, block_tokens);
   if (head_dim <= 128)
-    return launch(k_attention<4, 4>, grid, block, stream, out, q, k_pool, v_pool, tables, tab_off,
-                  pos, num_heads, group, head_dim, block_tokens);
-  return launch(k_attention<8, 2>, grid, block, stream, out, q, k_pool, v_pool, tables, tab_off,
-                pos, num_heads, group, head_dim, block_tokens);
+    return attention_launch<4, 4>(T, num_heads, stream, out, q, k_pool, v_pool, tables, tab_off,
+                                  pos, group, head_dim, block_tokens);
+  return attention_launch<8, 2>(T, num_heads, stream, out, q, k_pool, v_pool, tables, tab_off, pos,
+                                group, head_dim, block_tokens);
 }
 
 extern "C" cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const float *up, size_t n,

@@ -47,10 +47,18 @@ cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, const uint16_
                                int num_heads, int num_kv_heads, int head_dim, float theta,
                                cudaStream_t stream);
 
+/* Most ranges one (token row, head) of attention is split into (see
+ * ms__cuk_attention). */
+#define MS__CUDA_ATT_SPLITS 8
+
 /* Causal grouped-query attention for each (token row t, head h): query
  * q[t][h] against positions 0 .. pos[t] of its sequence, whose block table
  * is tables[tab_off[t] ..]; keys and values from the layer's pools. Writes
- * bfloat16 out[t][h * head_dim ..]. head_dim <= MS__CUDA_HEAD_DIM_MAX. */
+ * bfloat16 out[t][h * head_dim ..]. head_dim <= MS__CUDA_HEAD_DIM_MAX.
+ * A row's positions are split into contiguous ranges - one more per 64
+ * positions, at most MS__CUDA_ATT_SPLITS - whose parts are added in a
+ * fixed order; for few rows each range gets its own block. The result
+ * depends on pos[t] only, not on T nor on the rows beside it. */
 cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
                               const uint16_t *v_pool, const uint32_t *tables, const int *tab_off,
                               const int *pos, int T, int num_heads, int num_kv_heads, int head_dim,
