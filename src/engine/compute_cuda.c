@@ -89,6 +89,7 @@ typedef struct cuda_ctx {
   size_t table_cap;     /* block-table entries per forward pass at most */
   int logit_rows;       /* rows of the logits buffer */
   int gemv;             /* 1: batches of <= MS__CUDA_GEMV_T_MAX rows use k_gemv */
+  int past_ready;       /* the pass being queued is a decode step (see ms__cuk_attention) */
   decode_graph_t graphs[DECODE_SIZES_MAX]; /* per decode batch size, ascending */
   int n_sizes;                             /* entries of graphs in use */
   int graphs_on;                           /* decode steps replay graphs */
@@ -552,7 +553,7 @@ static int rope_attention(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uin
                         nkv, hd, cfg->rope_theta, c->stream),
      "rope kernel");
   CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
-                       c->kv.block_tokens, c->stream),
+                       c->kv.block_tokens, c->past_ready, c->stream),
      "attention kernel");
   return 0;
 }
@@ -583,7 +584,7 @@ static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16
                        .theta = cfg->rope_theta};
   CK(ms__cuk_gemv_qkv(&qkv, c->x, L->attn_norm, eps, T, H, st), "q/k/v kernel");
   CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, cfg->num_heads,
-                       cfg->num_kv_heads, cfg->head_dim, c->kv.block_tokens, st),
+                       cfg->num_kv_heads, cfg->head_dim, c->kv.block_tokens, c->past_ready, st),
      "attention kernel");
   ms__cuk_gemv_seg_t o = {L->wo, c->x, H};
   CK(ms__cuk_gemv(&o, 1, c->att, NULL, NULL, NULL, 0.0f, T, qd, 1, st), "o_proj kernel");
@@ -629,6 +630,7 @@ static int forward_queue(cuda_ctx_t *c, int T, int nsel, int sample_all) {
   size_t layer_elems = c->kv.num_blocks * (size_t)c->kv.block_tokens * (size_t)c->kv.kv_dim;
   cudaStream_t st = c->stream;
   int small = c->gemv && T <= MS__CUDA_GEMV_T_MAX;
+  c->past_ready = sample_all; /* a decode step: one new token a sequence */
 
   CK(ms__cuk_embed(c->x, m->embed, c->d_tokens, T, H, st), "embedding kernel");
   for (int l = 0; l < cfg->num_layers; l++) {

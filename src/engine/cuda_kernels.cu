@@ -225,35 +225,50 @@ static __device__ __forceinline__ void att_bases(const uint32_t *table, int s0, 
  * order. base0 holds warp's first chunk's pool offsets. Ends with the
  * block synchronised. */
 template <int PL, int CH>
-static __device__ void att_range(const float (&qr)[PL], const uint16_t *k_pool,
-                                 const uint16_t *v_pool, const uint32_t *table, int lo, int hi,
-                                 int bt, int kvd, int ghd, int hd, const size_t (&base0)[CH],
-                                 float (*sm_acc)[MS__CUDA_HEAD_DIM_MAX], float *sm_m, float *sm_l,
-                                 att_part_t *out) {
+static __device__ __forceinline__ void att_load(const uint16_t *k_pool, const uint16_t *v_pool,
+                                                const size_t (&base)[CH], int s0, int from, int hi,
+                                                int hd, float (&kc)[CH][PL], float (&vc)[CH][PL]) {
+  int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int c = 0; c < CH; c++) {
+    if (c < from)
+      continue;
+#pragma unroll
+    for (int j = 0; j < PL; j++) {
+      int d = lane + 32 * j;
+      int ok = s0 + c < hi && d < hd;
+      kc[c][j] = ok ? bf2f(k_pool[base[c] + d]) : 0.0f;
+      vc[c][j] = ok ? bf2f(v_pool[base[c] + d]) : 0.0f;
+    }
+  }
+}
+
+template <int PL, int CH>
+static __device__ void
+att_range(const float (&qr)[PL], const uint16_t *k_pool, const uint16_t *v_pool,
+          const uint32_t *table, int lo, int hi, int bt, int kvd, int ghd, int hd,
+          const size_t (&base0)[CH], float (&kc0)[CH][PL], float (&vc0)[CH][PL], int pre,
+          float (*sm_acc)[MS__CUDA_HEAD_DIM_MAX], float *sm_m, float *sm_l, att_part_t *out) {
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float scale = rsqrtf((float)hd), acc[PL], m = -INFINITY, l = 0.0f;
 #pragma unroll
   for (int j = 0; j < PL; j++)
     acc[j] = 0.0f;
   for (int s0 = lo + warp * CH; s0 < hi; s0 += ATT_WARPS * CH) {
-    size_t base[CH];
+    float kc[CH][PL], vc[CH][PL];
     if (s0 == lo + warp * CH) {
 #pragma unroll
       for (int c = 0; c < CH; c++)
-        base[c] = base0[c];
+#pragma unroll
+        for (int j = 0; j < PL; j++) {
+          kc[c][j] = kc0[c][j];
+          vc[c][j] = vc0[c][j];
+        }
+      att_load<PL, CH>(k_pool, v_pool, base0, s0, pre, hi, hd, kc, vc);
     } else {
+      size_t base[CH];
       att_bases<CH>(table, s0, hi, bt, kvd, ghd, base);
-    }
-    float kc[CH][PL], vc[CH][PL];
-#pragma unroll
-    for (int c = 0; c < CH; c++) {
-#pragma unroll
-      for (int j = 0; j < PL; j++) {
-        int d = lane + 32 * j;
-        int ok = s0 + c < hi && d < hd;
-        kc[c][j] = ok ? bf2f(k_pool[base[c] + d]) : 0.0f;
-        vc[c][j] = ok ? bf2f(v_pool[base[c] + d]) : 0.0f;
-      }
+      att_load<PL, CH>(k_pool, v_pool, base, s0, 0, hi, hd, kc, vc);
     }
     float sc[CH], mn = m;
 #pragma unroll
@@ -347,7 +362,7 @@ template <int PL, int CH, int SPREAD>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
                 const uint32_t *tables, const int *tab_off, const int *pos, int nh, int group,
-                int hd, int bt) {
+                int hd, int bt, int past_ready) {
   __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
   __shared__ float sm_acc[ATT_WARPS][MS__CUDA_HEAD_DIM_MAX];
   __shared__ att_part_t parts[SPREAD ? 1 : MS__CUDA_ATT_SPLITS];
@@ -357,9 +372,18 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
   const uint32_t *table = tables + tab_off[t];
   int z0 = SPREAD ? blockIdx.z : 0, z1 = SPREAD ? (int)blockIdx.z + 1 : S;
   size_t base0[CH];
+  float kc0[CH][PL], vc0[CH][PL];
+  int pre = 0;
   if (z0 < S) {
-    int lo = z0 * len, hi = lo + len < n ? lo + len : n;
-    att_bases<CH>(table, lo + warp * CH, hi, bt, kvd, ghd, base0);
+    int lo = z0 * len, hi = lo + len < n ? lo + len : n, s0 = lo + warp * CH;
+    att_bases<CH>(table, s0, hi, bt, kvd, ghd, base0);
+    /* Positions before the newest were stored by earlier passes when
+     * past_ready: this warp's first ones are loaded before the wait. */
+    if (SPREAD && past_ready) {
+      pre = (hi < n - 1 ? hi : n - 1) - s0;
+      pre = pre < 0 ? 0 : pre > CH ? CH : pre;
+      att_load<PL, CH>(k_pool, v_pool, base0, s0, 0, s0 + pre, hd, kc0, vc0);
+    }
   }
   pdl_release();
   pdl_wait();
@@ -374,8 +398,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     int lo = z * len, hi = lo + len < n ? lo + len : n;
     if (z != z0)
       att_bases<CH>(table, lo + warp * CH, hi, bt, kvd, ghd, base0);
-    att_range<PL, CH>(qr, k_pool, v_pool, table, lo, hi, bt, kvd, ghd, hd, base0, sm_acc, sm_m,
-                      sm_l, &parts[SPREAD ? 0 : z]);
+    att_range<PL, CH>(qr, k_pool, v_pool, table, lo, hi, bt, kvd, ghd, hd, base0, kc0, vc0,
+                      z == z0 ? pre : 0, sm_acc, sm_m, sm_l, &parts[SPREAD ? 0 : z]);
   }
   uint16_t *o = out + ((size_t)t * nh + h) * hd;
   const att_part_t *pr[MS__CUDA_ATT_SPLITS];
@@ -437,7 +461,7 @@ template <int PL, int CH>
 static cudaError_t attention_launch(int T, int nh, cudaStream_t stream, uint16_t *out,
                                     const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
                                     const uint32_t *tables, const int *tab_off, const int *pos,
-                                    int group, int hd, int bt) {
+                                    int group, int hd, int bt, int past_ready) {
   cudaLaunchConfig_t cfg = {};
   cfg.blockDim = dim3(ATT_WARPS * 32);
   cfg.stream = stream;
@@ -456,30 +480,30 @@ static cudaError_t attention_launch(int T, int nh, cudaStream_t stream, uint16_t
     attr[na++].val.clusterDim.z = MS__CUDA_ATT_SPLITS;
     cfg.numAttrs = (unsigned)na;
     return cudaLaunchKernelEx(&cfg, k_attention<PL, CH, 1>, out, q, k_pool, v_pool, tables, tab_off,
-                              pos, nh, group, hd, bt);
+                              pos, nh, group, hd, bt, past_ready);
   }
   cfg.gridDim = dim3((unsigned)T, (unsigned)nh);
   cfg.numAttrs = (unsigned)na;
   return cudaLaunchKernelEx(&cfg, k_attention<PL, CH, 0>, out, q, k_pool, v_pool, tables, tab_off,
-                            pos, nh, group, hd, bt);
+                            pos, nh, group, hd, bt, past_ready);
 }
 
 extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
                                          const uint16_t *v_pool, const uint32_t *tables,
                                          const int *tab_off, const int *pos, int T, int num_heads,
                                          int num_kv_heads, int head_dim, int block_tokens,
-                                         cudaStream_t stream) {
+                                         int past_ready, cudaStream_t stream) {
   if (head_dim > MS__CUDA_HEAD_DIM_MAX || num_heads % num_kv_heads != 0)
     return cudaErrorInvalidValue;
   int group = num_heads / num_kv_heads;
   if (head_dim <= 64)
     return attention_launch<2, 8>(T, num_heads, stream, out, q, k_pool, v_pool, tables, tab_off,
-                                  pos, group, head_dim, block_tokens);
+                                  pos, group, head_dim, block_tokens, past_ready);
   if (head_dim <= 128)
     return attention_launch<4, 4>(T, num_heads, stream, out, q, k_pool, v_pool, tables, tab_off,
-                                  pos, group, head_dim, block_tokens);
+                                  pos, group, head_dim, block_tokens, past_ready);
   return attention_launch<8, 2>(T, num_heads, stream, out, q, k_pool, v_pool, tables, tab_off, pos,
-                                group, head_dim, block_tokens);
+                                group, head_dim, block_tokens, past_ready);
 }
 
 extern "C" cudaError_t ms__cuk_swiglu(uint16_t *out, const float *gate, const float *up, size_t n,

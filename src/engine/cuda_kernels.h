@@ -58,11 +58,14 @@ cudaError_t ms__cuk_rope_store(float *q, float *k, const float *v, const uint16_
  * A row's positions are split into contiguous ranges - one more per 64
  * positions, at most MS__CUDA_ATT_SPLITS - whose parts are added in a
  * fixed order; for few rows each range gets its own block. The result
- * depends on pos[t] only, not on T nor on the rows beside it. */
+ * depends on pos[t] only, not on T nor on the rows beside it. past_ready
+ * (1: every row's positions before pos[t] were stored before the kernels
+ * of this pass began, as in a decode step) lets those be read while the
+ * kernel before still runs. */
 cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
                               const uint16_t *v_pool, const uint32_t *tables, const int *tab_off,
                               const int *pos, int T, int num_heads, int num_kv_heads, int head_dim,
-                              int block_tokens, cudaStream_t stream);
+                              int block_tokens, int past_ready, cudaStream_t stream);
 
 /* Decode projections (few token rows): most rows k_gemv takes, and most
  * weight matrices one launch covers. */
