@@ -274,15 +274,17 @@ static size_t carve(cuda_ctx_t *c, char *ws) {
   return off;
 }
 
-/* 1 if k_gemv can take the model's projections: widths a multiple of 8
- * and every weight and norm 16-byte aligned (MEMSLEEP_CUDA_GEMV=0 turns
+/* 1 if k_gemv can take the model's projections: widths a multiple of 8,
+ * the hidden size at most MS__CUDA_GEMV_NORM_IN_MAX, and every weight and
+ * norm 16-byte aligned (MEMSLEEP_CUDA_GEMV=0 turns
  * it off, to compare). */
 static int gemv_usable(const ms__model_t *m) {
   const ms__model_config_t *cfg = &m->cfg;
   const char *env = getenv("MEMSLEEP_CUDA_GEMV");
   if (env && strcmp(env, "0") == 0)
     return 0;
-  if (cfg->hidden_size % 8 || (cfg->num_heads * cfg->head_dim) % 8 || cfg->intermediate_size % 8)
+  if (cfg->hidden_size % 8 || (cfg->num_heads * cfg->head_dim) % 8 || cfg->intermediate_size % 8 ||
+      cfg->hidden_size > MS__CUDA_GEMV_NORM_IN_MAX)
     return 0;
   uintptr_t bits = (uintptr_t)m->lm_head | (uintptr_t)m->final_norm;
   for (int l = 0; l < cfg->num_layers; l++) {

@@ -105,11 +105,12 @@ static int pdl_enabled(void) {
 }
 
 template <typename... K, typename... A>
-static cudaError_t launch(void (*kernel)(K...), dim3 grid, dim3 block, cudaStream_t stream,
-                          A &&...args) {
+static cudaError_t launch_smem(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t stream, A &&...args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -117,6 +118,12 @@ static cudaError_t launch(void (*kernel)(K...), dim3 grid, dim3 block, cudaStrea
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+}
+
+template <typename... K, typename... A>
+static cudaError_t launch(void (*kernel)(K...), dim3 grid, dim3 block, cudaStream_t stream,
+                          A &&...args) {
+  return launch_smem(kernel, grid, block, 0, stream, static_cast<A &&>(args)...);
 }
 
 static __global__ void k_embed(float *x, const uint16_t *embed, const int *tokens, int H) {
@@ -528,6 +535,21 @@ static __device__ __forceinline__ void unpack8(uint4 u, float f[8]) {
   }
 }
 
+/* A 16-byte copy from global to shared memory that does not hold the
+ * thread up; cp_async_wait waits for this thread's copies. */
+static __device__ __forceinline__ void cp_async16(uint4 *dst, const uint4 *src) {
+  unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit(void) {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+static __device__ __forceinline__ void cp_async_wait(void) {
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
+
 /* A weight word, read once: not kept in L1. */
 static __device__ __forceinline__ uint4 load_stream(const uint4 *p) {
   uint4 r;
@@ -564,8 +586,8 @@ typedef struct gemv_args {
 /* The input of row t, elements 8v .. 8v + 7, as float32: the bf16 input,
  * or x's row scaled by its RMS factor and the norm weight and rounded to
  * bf16 exactly as k_rmsnorm rounds it. */
-static __device__ __forceinline__ void gemv_input(const gemv_args_t &a, const float *scale, int t,
-                                                  int v, float f[8]) {
+static __device__ __forceinline__ void gemv_input(const gemv_args_t &a, const float *scale,
+                                                  const uint4 *nw, int t, int v, float f[8]) {
   if (a.X) {
     unpack8(__ldg((const uint4 *)(a.X + (size_t)t * a.in) + v), f);
     return;
@@ -574,7 +596,7 @@ static __device__ __forceinline__ void gemv_input(const gemv_args_t &a, const fl
   const float4 *xr = (const float4 *)(a.x + (size_t)row * a.in) + 2 * v;
   float4 x0 = xr[0], x1 = xr[1];
   float w[8];
-  unpack8(__ldg((const uint4 *)a.nw + v), w);
+  unpack8(nw[v], w);
   float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
   for (int i = 0; i < 8; i++)
@@ -605,28 +627,47 @@ static __device__ __forceinline__ int gemv_row(const gemv_args_t &a, int n, int 
   return gemv_seg(a, r, rr);
 }
 
+/* What a thread's epilogue reads besides the dot products: for the q/k/v
+ * kernel the pair's biases, the row's position and slot (weights and
+ * host-made tables: read before pdl_wait), for an accumulating launch the
+ * values added to (read just after it). */
+typedef struct gemv_pre {
+  float b0, b1;
+  int pos;
+  int64_t slot;
+  float res[GEMV_R];
+} gemv_pre_t;
+
+/* The q/k/v epilogue's inputs for the pair rr0, rr1 of segment sg, row t. */
+static __device__ __forceinline__ void gemv_rope_pre(const gemv_args_t &a, int sg, int rr0, int rr1,
+                                                     int t, gemv_pre_t *pre) {
+  const gemv_rope_t &p = a.rp;
+  const uint16_t *b = sg == 0 ? p.bq : sg == 1 ? p.bk : p.bv;
+  pre->b0 = b ? bf2f(b[rr0]) : 0.0f;
+  pre->b1 = b ? bf2f(b[rr1]) : 0.0f;
+  pre->pos = p.pos[t];
+  pre->slot = p.slot[t];
+}
+
 /* Bias, RoPE and the KV store of one pair (rows rr0 and rr1 of segment
  * sg) of input row t, as k_rope_store does it: q rotated into its float
  * rows, k rotated and v into the pools at the row's slot. */
 static __device__ void gemv_rope_out(const gemv_args_t &a, int sg, int rr0, int rr1, int t,
-                                     float y0, float y1) {
+                                     float y0, float y1, const gemv_pre_t &pre) {
   const gemv_rope_t &p = a.rp;
-  int64_t slot = p.slot[t];
+  int64_t slot = pre.slot;
   if (sg == 2) {
     if (slot >= 0) {
       uint16_t *vd = p.v_pool + (size_t)slot * p.kvd;
-      vd[rr0] = f2bf(y0 + (p.bv ? bf2f(p.bv[rr0]) : 0.0f));
-      vd[rr1] = f2bf(y1 + (p.bv ? bf2f(p.bv[rr1]) : 0.0f));
+      vd[rr0] = f2bf(y0 + pre.b0);
+      vd[rr1] = f2bf(y1 + pre.b1);
     }
     return;
   }
-  const uint16_t *b = sg == 0 ? p.bq : p.bk;
-  if (b) {
-    y0 += bf2f(b[rr0]);
-    y1 += bf2f(b[rr1]);
-  }
+  y0 += pre.b0;
+  y1 += pre.b1;
   int i = rr0 % p.hd;
-  float ang = (float)p.pos[t] * powf(p.theta, -2.0f * (float)i / (float)p.hd), sn, cs;
+  float ang = (float)pre.pos * powf(p.theta, -2.0f * (float)i / (float)p.hd), sn, cs;
   sincosf(ang, &sn, &cs);
   float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;
   if (sg == 0) {
@@ -699,6 +740,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
   constexpr int G = GEMV_WARPS / S; /* groups per block */
   __shared__ float scale[MS__CUDA_GEMV_T_MAX];
   __shared__ float part[GEMV_WARPS][GEMV_R][TM][2];
+  extern __shared__ uint4 nw_s[]; /* the norm weight (normed input only): in / 8 words */
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = warp / S, k = warp % S;
   constexpr int swiglu = SW;
   int nv = a.in / 8, vl = k * 32 + lane;
@@ -709,11 +751,36 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
   int first = blockIdx.x * G * GEMV_R;
   const uint4 *w0[GEMV_R], *w1[GEMV_R];
   uint4 u0[GEMV_R][NV], u1[GEMV_R][NV];
+  /* The norm weight into shared memory, before the wait (a weight). */
+  if (!a.X) {
+    for (int i = threadIdx.x; i < nv; i += blockDim.x)
+      cp_async16(nw_s + i, (const uint4 *)a.nw + i);
+    cp_async_commit();
+  }
   gemv_ptrs(a, first + g * GEMV_R, rows, w0, w1);
   gemv_load<S, NV>(w0, w1, swiglu, vl, nv, u0, u1);
   pdl_release();
+  /* The q/k/v epilogue's biases, position and slot of this thread's first
+   * pair, before the wait too (thread q < G * TM finishes group q / TM's
+   * rows for input row q % TM). */
+  int qt = threadIdx.x % TM, qn0 = first + (int)threadIdx.x / TM * GEMV_R;
+  int q_live = (int)threadIdx.x < G * TM && qt < a.T && qn0 < rows;
+  gemv_pre_t pre;
+  if (!swiglu && a.rope && q_live) {
+    int rr0, rr1, sg = gemv_row(a, qn0, &rr0);
+    gemv_row(a, qn0 + 1, &rr1);
+    gemv_rope_pre(a, sg, rr0, rr1, qt, &pre);
+  }
   pdl_wait();
-  if (!a.X)
+  /* After it: the values an accumulating launch adds to. */
+  if (!swiglu && a.accumulate && q_live)
+#pragma unroll
+    for (int j = 0; j < GEMV_R; j++) {
+      int rr, sg = gemv_row(a, qn0 + j < rows ? qn0 + j : qn0, &rr);
+      pre.res[j] = a.seg[sg].y[(size_t)qt * a.seg[sg].rows + rr];
+    }
+  if (!a.X) {
+    cp_async_wait();
     for (int t = 0; t < a.T; t++) {
       int row = a.rows_of ? a.rows_of[t] : t;
       const float *xr = a.x + (size_t)row * a.in;
@@ -724,6 +791,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
       if (threadIdx.x == 0)
         scale[t] = rsqrtf(ss / (float)a.in + a.eps);
     }
+  }
   __syncthreads();
   /* The loop runs the same number of times in every thread of the block
    * (it holds __syncthreads). */
@@ -750,7 +818,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
         for (int t = 0; t < TM; t++) {
           if (t < a.T) {
             float in[8];
-            gemv_input(a, scale, t, v, in);
+            gemv_input(a, scale, nw_s, t, v, in);
 #pragma unroll
             for (int j = 0; j < GEMV_R; j++) {
               float f[8];
@@ -797,8 +865,12 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
         }
         sg[j] = gemv_row(a, n0 + j, &rr[j]);
       }
+      /* The first pass uses what was read ahead (pre); later ones read it
+       * here. */
       if (a.rope) { /* rows come in pairs: n0 + 1 < rows */
-        gemv_rope_out(a, sg[0], rr[0], rr[1], t, y0[0], y0[1]);
+        if (base != first)
+          gemv_rope_pre(a, sg[0], rr[0], rr[1], t, &pre);
+        gemv_rope_out(a, sg[0], rr[0], rr[1], t, y0[0], y0[1], pre);
         continue;
       }
 #pragma unroll
@@ -809,7 +881,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
           a.swiglu_out[(size_t)t * rows + rr[j]] = f2bf(y0[j] / (1.0f + expf(-y0[j])) * y1[j]);
         } else {
           float *y = a.seg[sg[j]].y + (size_t)t * a.seg[sg[j]].rows + rr[j];
-          *y = a.accumulate ? *y + y0[j] : y0[j];
+          *y = a.accumulate ? (base == first ? pre.res[j] : *y) + y0[j] : y0[j];
         }
       }
     }
@@ -825,10 +897,11 @@ static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
   int per_block = GEMV_WARPS / S * GEMV_R;
   int b = (rows + per_block - 1) / per_block;
   dim3 grid((unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b)), block(GEMV_WARPS * 32);
+  size_t smem = a.X ? 0 : (size_t)a.in * 2; /* the norm weight */
   if (a.swiglu_out)
-    launch(k_gemv<TM, S, NV, 1>, grid, block, stream, a);
+    launch_smem(k_gemv<TM, S, NV, 1>, grid, block, smem, stream, a);
   else
-    launch(k_gemv<TM, S, NV, 0>, grid, block, stream, a);
+    launch_smem(k_gemv<TM, S, NV, 0>, grid, block, smem, stream, a);
 }
 
 /* NV: a lane's words of a row, two when they fit (the registers they take
@@ -888,7 +961,7 @@ extern "C" cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, co
                                     const float *x, const int *rows_of, const uint16_t *norm_w,
                                     float eps, int T, int in, int accumulate, cudaStream_t stream) {
   if (nseg < 1 || nseg > MS__CUDA_GEMV_SEGS || T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 ||
-      (!X && (!x || !norm_w)))
+      (!X && (!x || !norm_w || in > MS__CUDA_GEMV_NORM_IN_MAX)))
     return cudaErrorInvalidValue;
   int rows = 0;
   for (int i = 0; i < nseg; i++)
@@ -901,8 +974,8 @@ extern "C" cudaError_t ms__cuk_gemv_qkv(const ms__cuk_qkv_t *p, const float *x,
                                         const uint16_t *norm_w, float eps, int T, int in,
                                         cudaStream_t stream) {
   int qd = p->num_heads * p->head_dim, kvd = p->num_kv_heads * p->head_dim;
-  if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || !x || !norm_w || p->head_dim % 2 != 0 ||
-      p->head_dim < 2)
+  if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || in > MS__CUDA_GEMV_NORM_IN_MAX || !x ||
+      !norm_w || p->head_dim % 2 != 0 || p->head_dim < 2)
     return cudaErrorInvalidValue;
   ms__cuk_gemv_seg_t segs[3] = {{p->wq, p->q, qd}, {p->wk, NULL, kvd}, {p->wv, NULL, kvd}};
   gemv_args_t a = gemv_args(segs, 3, NULL, x, NULL, norm_w, eps, T, in, 0);
@@ -925,7 +998,8 @@ extern "C" cudaError_t ms__cuk_gemv_swiglu(uint16_t *out, const uint16_t *w_gate
                                            const uint16_t *w_up, int rows, const float *x,
                                            const uint16_t *norm_w, float eps, int T, int in,
                                            cudaStream_t stream) {
-  if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || !x || !norm_w)
+  if (T < 1 || T > MS__CUDA_GEMV_T_MAX || in % 8 != 0 || in > MS__CUDA_GEMV_NORM_IN_MAX || !x ||
+      !norm_w)
     return cudaErrorInvalidValue;
   ms__cuk_gemv_seg_t segs[2] = {{w_gate, NULL, rows}, {w_up, NULL, rows}};
   gemv_args_t a = gemv_args(segs, 2, NULL, x, NULL, norm_w, eps, T, in, 0);

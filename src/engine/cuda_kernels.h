@@ -71,6 +71,8 @@ cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_p
  * weight matrices one launch covers. */
 #define MS__CUDA_GEMV_T_MAX 2
 #define MS__CUDA_GEMV_SEGS  3
+/* Widest normed input (the norm weight sits in shared memory). */
+#define MS__CUDA_GEMV_NORM_IN_MAX 16384
 
 /* One weight matrix of a k_gemv launch: y[t][r] for r < rows. */
 typedef struct ms__cuk_gemv_seg {
@@ -83,7 +85,8 @@ typedef struct ms__cuk_gemv_seg {
  * accumulate), t < T <= MS__CUDA_GEMV_T_MAX, in % 8 == 0. The input rows
  * in[t] are X[t] (bf16 [T][in]) or, with X NULL, the RMSNorm of x's row
  * rows_of[t] (t when rows_of is NULL) with weight norm_w, rounded to bf16
- * as ms__cuk_rmsnorm rounds it. A row's result does not depend on T. */
+ * as ms__cuk_rmsnorm rounds it (then in <= MS__CUDA_GEMV_NORM_IN_MAX). A
+ * row's result does not depend on T. */
 cudaError_t ms__cuk_gemv(const ms__cuk_gemv_seg_t *segs, int nseg, const uint16_t *X,
                          const float *x, const int *rows_of, const uint16_t *norm_w, float eps,
                          int T, int in, int accumulate, cudaStream_t stream);
