@@ -226,11 +226,9 @@ static __device__ __forceinline__ void att_bases(const uint32_t *table, int s0, 
   }
 }
 
-/* The block's part over positions lo .. hi - 1 (lo < hi) into *out: warp
- * w takes positions lo + w * CH .. + CH - 1, then the chunk ATT_WARPS
- * chunks further on, and so on; the warps' parts are then added in warp
- * order. base0 holds warp's first chunk's pool offsets. Ends with the
- * block synchronised. */
+/* A warp's keys and values of the CH positions from s0 at the pool
+ * offsets base, as float32 (0 for positions not below hi); positions
+ * s0 .. s0 + from - 1 are left as they are. */
 template <int PL, int CH>
 static __device__ __forceinline__ void att_load(const uint16_t *k_pool, const uint16_t *v_pool,
                                                 const size_t (&base)[CH], int s0, int from, int hi,
@@ -250,6 +248,13 @@ static __device__ __forceinline__ void att_load(const uint16_t *k_pool, const ui
   }
 }
 
+/* The block's part over positions lo .. hi - 1 (lo < hi) into *out: warp
+ * w takes positions lo + w * CH .. + CH - 1, then the chunk ATT_WARPS
+ * chunks further on, and so on; the warps' parts are then added in warp
+ * order. base0 holds the warp's first chunk's pool offsets, and kc0 /
+ * vc0 the keys and values of that chunk's first pre positions, loaded
+ * already (the rest of theirs is overwritten). Ends with the block
+ * synchronised. */
 template <int PL, int CH>
 static __device__ void
 att_range(const float (&qr)[PL], const uint16_t *k_pool, const uint16_t *v_pool,
@@ -379,7 +384,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
   const uint32_t *table = tables + tab_off[t];
   int z0 = SPREAD ? blockIdx.z : 0, z1 = SPREAD ? (int)blockIdx.z + 1 : S;
   size_t base0[CH];
-  float kc0[CH][PL], vc0[CH][PL];
+  float kc0[CH][PL] = {}, vc0[CH][PL] = {};
   int pre = 0;
   if (z0 < S) {
     int lo = z0 * len, hi = lo + len < n ? lo + len : n, s0 = lo + warp * CH;
