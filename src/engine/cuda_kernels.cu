@@ -104,26 +104,38 @@ static int pdl_enabled(void) {
   return on;
 }
 
+/* Launches kernel with smem bytes of dynamic shared memory, in clusters
+ * of cluster_z blocks along z (0: no clusters), as a programmatic
+ * dependent of the kernel before when pdl_enabled. */
 template <typename... K, typename... A>
-static cudaError_t launch_smem(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
-                               cudaStream_t stream, A &&...args) {
+static cudaError_t launch_ex(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
+                             unsigned cluster_z, cudaStream_t stream, A &&...args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_z) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = cluster_z;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
 }
 
 template <typename... K, typename... A>
 static cudaError_t launch(void (*kernel)(K...), dim3 grid, dim3 block, cudaStream_t stream,
                           A &&...args) {
-  return launch_smem(kernel, grid, block, 0, stream, static_cast<A &&>(args)...);
+  return launch_ex(kernel, grid, block, 0, 0, stream, static_cast<A &&>(args)...);
 }
 
 static __global__ void k_embed(float *x, const uint16_t *embed, const int *tokens, int H) {
@@ -474,30 +486,13 @@ static cudaError_t attention_launch(int T, int nh, cudaStream_t stream, uint16_t
                                     const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
                                     const uint32_t *tables, const int *tab_off, const int *pos,
                                     int group, int hd, int bt, int past_ready) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.blockDim = dim3(ATT_WARPS * 32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int na = 0;
-  if (pdl_enabled()) {
-    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[na++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  cfg.attrs = attr;
-  if (T * nh <= ATT_SPREAD_PAIRS) {
-    cfg.gridDim = dim3((unsigned)T, (unsigned)nh, MS__CUDA_ATT_SPLITS);
-    attr[na].id = cudaLaunchAttributeClusterDimension;
-    attr[na].val.clusterDim.x = 1;
-    attr[na].val.clusterDim.y = 1;
-    attr[na++].val.clusterDim.z = MS__CUDA_ATT_SPLITS;
-    cfg.numAttrs = (unsigned)na;
-    return cudaLaunchKernelEx(&cfg, k_attention<PL, CH, 1>, out, q, k_pool, v_pool, tables, tab_off,
-                              pos, nh, group, hd, bt, past_ready);
-  }
-  cfg.gridDim = dim3((unsigned)T, (unsigned)nh);
-  cfg.numAttrs = (unsigned)na;
-  return cudaLaunchKernelEx(&cfg, k_attention<PL, CH, 0>, out, q, k_pool, v_pool, tables, tab_off,
-                            pos, nh, group, hd, bt, past_ready);
+  dim3 block(ATT_WARPS * 32);
+  if (T * nh <= ATT_SPREAD_PAIRS)
+    return launch_ex(k_attention<PL, CH, 1>, dim3((unsigned)T, (unsigned)nh, MS__CUDA_ATT_SPLITS),
+                     block, 0, MS__CUDA_ATT_SPLITS, stream, out, q, k_pool, v_pool, tables, tab_off,
+                     pos, nh, group, hd, bt, past_ready);
+  return launch(k_attention<PL, CH, 0>, dim3((unsigned)T, (unsigned)nh), block, stream, out, q,
+                k_pool, v_pool, tables, tab_off, pos, nh, group, hd, bt, past_ready);
 }
 
 extern "C" cudaError_t ms__cuk_attention(uint16_t *out, const float *q, const uint16_t *k_pool,
@@ -904,9 +899,9 @@ static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
   dim3 grid((unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b)), block(GEMV_WARPS * 32);
   size_t smem = a.X ? 0 : (size_t)a.in * 2; /* the norm weight */
   if (a.swiglu_out)
-    launch_smem(k_gemv<TM, S, NV, 1>, grid, block, smem, stream, a);
+    launch_ex(k_gemv<TM, S, NV, 1>, grid, block, smem, 0, stream, a);
   else
-    launch_smem(k_gemv<TM, S, NV, 0>, grid, block, smem, stream, a);
+    launch_ex(k_gemv<TM, S, NV, 0>, grid, block, smem, 0, stream, a);
 }
 
 /* NV: a lane's words of a row, two when they fit (the registers they take
