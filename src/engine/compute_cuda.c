@@ -89,7 +89,6 @@ typedef struct cuda_ctx {
   size_t table_cap;     /* block-table entries per forward pass at most */
   int logit_rows;       /* rows of the logits buffer */
   int gemv;             /* 1: batches of <= MS__CUDA_GEMV_T_MAX rows use k_gemv */
-  int past_ready;       /* the pass being queued is a decode step (see ms__cuk_attention) */
   decode_graph_t graphs[DECODE_SIZES_MAX]; /* per decode batch size, ascending */
   int n_sizes;                             /* entries of graphs in use */
   int graphs_on;                           /* decode steps replay graphs */
@@ -547,23 +546,26 @@ static int copy_logits(cuda_ctx_t *c, int first, int rows) {
 }
 
 /* RoPE, the new keys and values into the pool, and attention: c->att
- * from c->q, c->k, c->v of T rows. */
-static int rope_attention(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
+ * from c->q, c->k, c->v of T rows. decode: the pass is a decode step (one
+ * new token a sequence; see ms__cuk_attention's past_ready). */
+static int rope_attention(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T,
+                          int decode) {
   const ms__model_config_t *cfg = &c->m->cfg;
   int hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
   CK(ms__cuk_rope_store(c->q, c->k, c->v, L->bq, L->bk, L->bv, c->d_pos, c->d_slot, kl, vl, T, nh,
                         nkv, hd, cfg->rope_theta, c->stream),
      "rope kernel");
   CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, nh, nkv, hd,
-                       c->kv.block_tokens, c->past_ready, c->stream),
+                       c->kv.block_tokens, decode, c->stream),
      "attention kernel");
   return 0;
 }
 
 /* One decoder layer for T <= MS__CUDA_GEMV_T_MAX rows: five launches
  * (q/k/v with RoPE and the KV store, attention, o_proj, gate/up with
- * SwiGLU, down_proj). */
-static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
+ * SwiGLU, down_proj). decode as for rope_attention. */
+static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T,
+                       int decode) {
   const ms__model_config_t *cfg = &c->m->cfg;
   int H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim;
   int I = cfg->intermediate_size;
@@ -586,7 +588,7 @@ static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16
                        .theta = cfg->rope_theta};
   CK(ms__cuk_gemv_qkv(&qkv, c->x, L->attn_norm, eps, T, H, st), "q/k/v kernel");
   CK(ms__cuk_attention(c->att, c->q, kl, vl, c->d_tables, c->d_tab_off, c->d_pos, T, cfg->num_heads,
-                       cfg->num_kv_heads, cfg->head_dim, c->kv.block_tokens, c->past_ready, st),
+                       cfg->num_kv_heads, cfg->head_dim, c->kv.block_tokens, decode, st),
      "attention kernel");
   ms__cuk_gemv_seg_t o = {L->wo, c->x, H};
   CK(ms__cuk_gemv(&o, 1, c->att, NULL, NULL, NULL, 0.0f, T, qd, 1, st), "o_proj kernel");
@@ -598,7 +600,8 @@ static int layer_small(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16
 }
 
 /* One decoder layer for any T: cuBLASLt GEMMs between our kernels. */
-static int layer_large(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T) {
+static int layer_large(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16_t *vl, int T,
+                       int decode) {
   const ms__model_config_t *cfg = &c->m->cfg;
   int H = cfg->hidden_size, qd = cfg->num_heads * cfg->head_dim, kvd = c->kv.kv_dim;
   int I = cfg->intermediate_size;
@@ -608,7 +611,7 @@ static int layer_large(cuda_ctx_t *c, const ms__layer_t *L, uint16_t *kl, uint16
   CB(gemm(c, L->wq, c->xh, c->q, qd, H, T, 0.0f, "q_proj"));
   CB(gemm(c, L->wk, c->xh, c->k, kvd, H, T, 0.0f, "k_proj"));
   CB(gemm(c, L->wv, c->xh, c->v, kvd, H, T, 0.0f, "v_proj"));
-  CB(rope_attention(c, L, kl, vl, T));
+  CB(rope_attention(c, L, kl, vl, T, decode));
   CB(gemm(c, L->wo, c->att, c->x, H, qd, T, 1.0f, "o_proj"));
   CK(ms__cuk_rmsnorm(c->xh, c->x, NULL, L->ffn_norm, T, H, eps, st), "rmsnorm kernel");
   CB(gemm(c, L->w_gate, c->xh, c->gate, I, H, T, 0.0f, "gate_proj"));
@@ -632,14 +635,13 @@ static int forward_queue(cuda_ctx_t *c, int T, int nsel, int sample_all) {
   size_t layer_elems = c->kv.num_blocks * (size_t)c->kv.block_tokens * (size_t)c->kv.kv_dim;
   cudaStream_t st = c->stream;
   int small = c->gemv && T <= MS__CUDA_GEMV_T_MAX;
-  c->past_ready = sample_all; /* a decode step: one new token a sequence */
 
   CK(ms__cuk_embed(c->x, m->embed, c->d_tokens, T, H, st), "embedding kernel");
   for (int l = 0; l < cfg->num_layers; l++) {
     const ms__layer_t *L = &m->layers[l];
     uint16_t *kl = (uint16_t *)c->kv.k + (size_t)l * layer_elems;
     uint16_t *vl = (uint16_t *)c->kv.v + (size_t)l * layer_elems;
-    CB(small ? layer_small(c, L, kl, vl, T) : layer_large(c, L, kl, vl, T));
+    CB(small ? layer_small(c, L, kl, vl, T, sample_all) : layer_large(c, L, kl, vl, T, sample_all));
   }
   /* Final norm and LM head for the selected rows, a chunk at a time. */
   for (int r0 = 0; r0 < nsel; r0 += c->logit_rows) {
