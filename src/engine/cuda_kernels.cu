@@ -265,14 +265,17 @@ static __device__ __forceinline__ void att_load(const uint16_t *k_pool, const ui
  * chunks further on, and so on; the warps' parts are then added in warp
  * order. base0 holds the warp's first chunk's pool offsets, and kc0 /
  * vc0 the keys and values of that chunk's first pre positions, loaded
- * already (the rest of theirs is overwritten). Ends with the block
- * synchronised. */
+ * already (the rest of theirs is overwritten). With nlo < nhi, the warp
+ * then loads the next range's (nlo .. nhi - 1) first chunk the same way
+ * - base0, kc0, vc0 and *npre - before the warps' parts are added, so
+ * those loads overlap the adding. Ends with the block synchronised. */
 template <int PL, int CH>
-static __device__ void
-att_range(const float (&qr)[PL], const uint16_t *k_pool, const uint16_t *v_pool,
-          const uint32_t *table, int lo, int hi, int bt, int kvd, int ghd, int hd,
-          const size_t (&base0)[CH], float (&kc0)[CH][PL], float (&vc0)[CH][PL], int pre,
-          float (*sm_acc)[MS__CUDA_HEAD_DIM_MAX], float *sm_m, float *sm_l, att_part_t *out) {
+static __device__ void att_range(const float (&qr)[PL], const uint16_t *k_pool,
+                                 const uint16_t *v_pool, const uint32_t *table, int lo, int hi,
+                                 int bt, int kvd, int ghd, int hd, size_t (&base0)[CH],
+                                 float (&kc0)[CH][PL], float (&vc0)[CH][PL], int pre,
+                                 float (*sm_acc)[MS__CUDA_HEAD_DIM_MAX], float *sm_m, float *sm_l,
+                                 att_part_t *out, int nlo, int nhi, int *npre) {
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float scale = rsqrtf((float)hd), acc[PL], m = -INFINITY, l = 0.0f;
 #pragma unroll
@@ -320,6 +323,13 @@ att_range(const float (&qr)[PL], const uint16_t *k_pool, const uint16_t *v_pool,
         acc[j] += e * vc[c][j];
     }
     m = mn;
+  }
+  if (nlo < nhi) {
+    int ns0 = nlo + warp * CH, np = nhi - ns0;
+    np = np < 0 ? 0 : np > CH ? CH : np;
+    att_bases<CH>(table, ns0, nhi, bt, kvd, ghd, base0);
+    att_load<PL, CH>(k_pool, v_pool, base0, ns0, 0, ns0 + np, hd, kc0, vc0);
+    *npre = np;
   }
   if (lane == 0) {
     sm_m[warp] = m;
@@ -378,10 +388,10 @@ static __device__ void att_combine(const att_part_t *const *pr, int S, int hd, u
  * loads at once (more for small heads: the same registers). A (row t,
  * head h) is split into att_splits ranges of its positions 0 .. pos[t].
  * SPREAD: block (t, h, z) of a cluster of MS__CUDA_ATT_SPLITS blocks
- * takes range z, and the cluster's first block adds the parts from the
- * others' shared memory. Else block (t, h) takes the ranges one after
- * another. Both give the same bits. The block tables and positions are
- * read before pdl_wait: they come from the host before the pass starts. */
+ * takes range z and writes its part into the shared memory of the
+ * cluster's first block, which adds them after one cluster barrier. Else block (t, h) takes the
+ * ranges one after another. Both give the same bits. The block tables and positions are read before
+ * pdl_wait: they come from the host before the pass starts. */
 template <int PL, int CH, int SPREAD>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
@@ -389,7 +399,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                 int hd, int bt, int past_ready) {
   __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
   __shared__ float sm_acc[ATT_WARPS][MS__CUDA_HEAD_DIM_MAX];
-  __shared__ att_part_t parts[SPREAD ? 1 : MS__CUDA_ATT_SPLITS];
+  __shared__ att_part_t parts[MS__CUDA_ATT_SPLITS];
   int t = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int kvd = nh / group * hd, ghd = h / group * hd;
   int n = pos[t] + 1, S = att_splits(n), len = (n + S - 1) / S;
@@ -418,29 +428,38 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     int d = lane + 32 * j;
     qr[j] = d < hd ? qv[d] : 0.0f;
   }
+  int ready = 1; /* base0, kc0, vc0 and pre hold range z's first chunk */
   for (int z = z0; z < z1 && z < S; z++) {
     int lo = z * len, hi = lo + len < n ? lo + len : n;
-    if (z != z0)
+    if (!ready)
       att_bases<CH>(table, lo + warp * CH, hi, bt, kvd, ghd, base0);
+    /* One block taking the ranges in turn: the next one's first keys
+     * and values are loaded while this one's parts are added. */
+    int nlo = 0, nhi = 0, npre = 0;
+    if (!SPREAD && z + 1 < S) {
+      nlo = hi;
+      nhi = nlo + len < n ? nlo + len : n;
+    }
+    /* Spread: the part goes straight into the cluster's first block. */
+    att_part_t *dst = &parts[z];
+    if (SPREAD)
+      dst = cg::this_cluster().map_shared_rank(dst, 0u);
     att_range<PL, CH>(qr, k_pool, v_pool, table, lo, hi, bt, kvd, ghd, hd, base0, kc0, vc0,
-                      z == z0 ? pre : 0, sm_acc, sm_m, sm_l, &parts[SPREAD ? 0 : z]);
+                      ready ? pre : 0, sm_acc, sm_m, sm_l, dst, nlo, nhi, &npre);
+    ready = nlo < nhi;
+    pre = npre;
   }
   uint16_t *o = out + ((size_t)t * nh + h) * hd;
+  if (SPREAD) {
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); /* every range's part is in the first block's shared memory */
+    if (cl.block_rank() != 0)
+      return;
+  }
   const att_part_t *pr[MS__CUDA_ATT_SPLITS];
-  if (!SPREAD) {
-    for (int r = 0; r < S; r++)
-      pr[r] = &parts[r];
-    att_combine(pr, S, hd, o);
-    return;
-  }
-  cg::cluster_group cl = cg::this_cluster();
-  cl.sync(); /* every range's part is in its block's shared memory */
-  if (cl.block_rank() == 0) {
-    for (int r = 0; r < S; r++)
-      pr[r] = cl.map_shared_rank(&parts[0], (unsigned)r);
-    att_combine(pr, S, hd, o);
-  }
-  cl.sync(); /* no block leaves while the first still reads its part */
+  for (int r = 0; r < S; r++)
+    pr[r] = &parts[r];
+  att_combine(pr, S, hd, o);
 }
 
 static __global__ void k_swiglu(uint16_t *out, const float *gate, const float *up, size_t n) {
@@ -714,6 +733,26 @@ gemv_load(const uint4 *const w0[GEMV_R], const uint4 *const w1[GEMV_R], int swig
   }
 }
 
+/* Asks L2 for the words of a group's rows from row index n0 that this
+ * lane would load (one request per 128-byte line). */
+template <int S, int NV>
+static __device__ __forceinline__ void gemv_l2(const gemv_args_t &a, int n0, int rows, int swiglu,
+                                               int v0, int nv) {
+  const uint4 *p0[GEMV_R], *p1[GEMV_R];
+  gemv_ptrs(a, n0, rows, p0, p1);
+#pragma unroll
+  for (int n = 0; n < NV; n++) {
+    int v = v0 + n * S * 32;
+    if (v < nv && (v & 7) == 0)
+#pragma unroll
+      for (int j = 0; j < GEMV_R; j++) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p0[j] + v));
+        if (swiglu)
+          asm volatile("prefetch.global.L2 [%0];" ::"l"(p1[j] + v));
+      }
+  }
+}
+
 /* Blocks of k_gemv a multiprocessor should hold (the registers' bound):
  * four, but two for SwiGLU with four words a lane (gate and up rows held
  * at once would spill). */
@@ -760,6 +799,11 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
   gemv_ptrs(a, first + g * GEMV_R, rows, w0, w1);
   gemv_load<S, NV>(w0, w1, swiglu, vl, nv, u0, u1);
   pdl_release();
+  /* The grid is no larger than the GPU holds at once: the rows of a
+   * block's next pass are asked of L2 while this one runs. */
+  int stride = gridDim.x * G * GEMV_R;
+  if (first + stride < rows)
+    gemv_l2<S, NV>(a, first + stride + g * GEMV_R, rows, swiglu, vl, nv);
   /* The q/k/v epilogue's biases, position and slot of this thread's first
    * pair, before the wait too (thread q < G * TM finishes group q / TM's
    * rows for input row q % TM). */
@@ -795,10 +839,12 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
   __syncthreads();
   /* The loop runs the same number of times in every thread of the block
    * (it holds __syncthreads). */
-  for (int base = first; base < rows; base += gridDim.x * G * GEMV_R) {
+  for (int base = first; base < rows; base += stride) {
     if (base != first) {
       gemv_ptrs(a, base + g * GEMV_R, rows, w0, w1);
       gemv_load<S, NV>(w0, w1, swiglu, vl, nv, u0, u1);
+      if (base + stride < rows)
+        gemv_l2<S, NV>(a, base + stride + g * GEMV_R, rows, swiglu, vl, nv);
     }
     float acc0[GEMV_R][TM], acc1[GEMV_R][TM];
 #pragma unroll
@@ -889,27 +935,72 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, gemv_min_blocks(SW, NV
   }
 }
 
-/* Launches k_gemv<TM, S, NV> over rows output rows: as many blocks as the
- * rows need, at most 16 per multiprocessor of a large GPU (the rest go
- * round the grid). */
-template <int TM, int S, int NV>
-static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
-  int per_block = GEMV_WARPS / S * GEMV_R;
-  int b = (rows + per_block - 1) / per_block;
-  dim3 grid((unsigned)(b < 1 ? 1 : b > 2112 ? 2112 : b)), block(GEMV_WARPS * 32);
-  size_t smem = a.X ? 0 : (size_t)a.in * 2; /* the norm weight */
-  if (a.swiglu_out)
-    launch_ex(k_gemv<TM, S, NV, 1>, grid, block, smem, 0, stream, a);
-  else
-    launch_ex(k_gemv<TM, S, NV, 0>, grid, block, smem, 0, stream, a);
+/* Blocks of kernel (GEMV_WARPS * 32 threads, smem bytes of dynamic shared
+ * memory) the current GPU holds at once; 2112 when it cannot be told. The
+ * answers are kept per kernel, device and smem (every k_gemv has the same
+ * type, so a per-type cache would mix them up). */
+static int gemv_resident(void (*kernel)(gemv_args_t), size_t smem) {
+  static struct {
+    void (*kernel)(gemv_args_t);
+    int dev;
+    size_t smem;
+    int blocks;
+  } seen[64];
+  static int nseen = 0;
+  int dev = 0, per_sm = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess)
+    return 2112;
+  for (int i = 0; i < nseen; i++)
+    if (seen[i].kernel == kernel && seen[i].dev == dev && seen[i].smem == smem)
+      return seen[i].blocks;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, GEMV_WARPS * 32, smem) !=
+          cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      per_sm < 1) {
+    cudaGetLastError();
+    return 2112;
+  }
+  if (nseen < 64) {
+    seen[nseen].kernel = kernel;
+    seen[nseen].dev = dev;
+    seen[nseen].smem = smem;
+    seen[nseen++].blocks = per_sm * sms;
+  }
+  return per_sm * sms;
 }
 
-/* NV: a lane's words of a row, two when they fit (the registers they take
- * keep more blocks resident), else four a chunk. */
+/* Launches kernel (a k_gemv<TM, S, NV, *>) over rows output rows: as many
+ * blocks as the rows need, but no more than the GPU holds at once (the
+ * rest go round the grid, their weights asked of L2 a pass ahead). */
+template <int S>
+static void gemv_launch_k(void (*kernel)(gemv_args_t), const gemv_args_t &a, int rows,
+                          cudaStream_t stream) {
+  int per_block = GEMV_WARPS / S * GEMV_R;
+  int b = (rows + per_block - 1) / per_block;
+  size_t smem = a.X ? 0 : (size_t)a.in * 2; /* the norm weight */
+  int cap = gemv_resident(kernel, smem);
+  dim3 grid((unsigned)(b < 1 ? 1 : b > cap ? cap : b)), block(GEMV_WARPS * 32);
+  launch_ex(kernel, grid, block, smem, 0, stream, a);
+}
+
+template <int TM, int S, int NV>
+static void gemv_launch_s(const gemv_args_t &a, int rows, cudaStream_t stream) {
+  if (a.swiglu_out)
+    gemv_launch_k<S>(k_gemv<TM, S, NV, 1>, a, rows, stream);
+  else
+    gemv_launch_k<S>(k_gemv<TM, S, NV, 0>, a, rows, stream);
+}
+
+/* NV: a lane's words of a row - the fewest of two, three or four that
+ * take the row in one chunk (words a lane holds past the row's end are
+ * registers spent for nothing; fewer registers keep more blocks
+ * resident), else four a chunk. */
 template <int TM, int S>
 static void gemv_launch_v(const gemv_args_t &a, int rows, cudaStream_t stream) {
   if (a.in / 8 <= S * 32 * 2)
     gemv_launch_s<TM, S, 2>(a, rows, stream);
+  else if (a.in / 8 <= S * 32 * 3)
+    gemv_launch_s<TM, S, 3>(a, rows, stream);
   else
     gemv_launch_s<TM, S, 4>(a, rows, stream);
 }
