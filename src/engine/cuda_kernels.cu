@@ -367,19 +367,19 @@ static __device__ void att_range(const float (&qr)[PL], const uint16_t *k_pool,
 
 /* The output of a (row, head) from its S ranges' parts, added in range
  * order (the same arithmetic wherever the parts were made). */
-static __device__ void att_combine(const att_part_t *const *pr, int S, int hd, uint16_t *o) {
-  float M = pr[0]->m;
+static __device__ void att_combine(const att_part_t *pr, int S, int hd, uint16_t *o) {
+  float M = pr[0].m;
   for (int r = 1; r < S; r++)
-    M = fmaxf(M, pr[r]->m);
+    M = fmaxf(M, pr[r].m);
   float W = 0.0f, e[MS__CUDA_ATT_SPLITS];
   for (int r = 0; r < S; r++) {
-    e[r] = expf(pr[r]->m - M);
-    W = __fmaf_rn(pr[r]->l, e[r], W);
+    e[r] = expf(pr[r].m - M);
+    W = __fmaf_rn(pr[r].l, e[r], W);
   }
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
     float s = 0.0f;
     for (int r = 0; r < S; r++)
-      s = __fmaf_rn(pr[r]->acc[d], e[r], s);
+      s = __fmaf_rn(pr[r].acc[d], e[r], s);
     o[d] = f2bf(__fdiv_rn(s, W));
   }
 }
@@ -456,10 +456,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     if (cl.block_rank() != 0)
       return;
   }
-  const att_part_t *pr[MS__CUDA_ATT_SPLITS];
-  for (int r = 0; r < S; r++)
-    pr[r] = &parts[r];
-  att_combine(pr, S, hd, o);
+  att_combine(parts, S, hd, o);
 }
 
 static __global__ void k_swiglu(uint16_t *out, const float *gate, const float *up, size_t n) {
