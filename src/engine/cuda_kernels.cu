@@ -389,9 +389,10 @@ static __device__ void att_combine(const att_part_t *pr, int S, int hd, uint16_t
  * head h) is split into att_splits ranges of its positions 0 .. pos[t].
  * SPREAD: block (t, h, z) of a cluster of MS__CUDA_ATT_SPLITS blocks
  * takes range z and writes its part into the shared memory of the
- * cluster's first block, which adds them after one cluster barrier. Else block (t, h) takes the
- * ranges one after another. Both give the same bits. The block tables and positions are read before
- * pdl_wait: they come from the host before the pass starts. */
+ * cluster's first block, which adds them after one cluster barrier. Else
+ * block (t, h) takes the ranges one after another. Both give the same
+ * bits. The block tables and positions are read before pdl_wait: they
+ * come from the host before the pass starts. */
 template <int PL, int CH, int SPREAD>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attention(uint16_t *out, const float *q, const uint16_t *k_pool, const uint16_t *v_pool,
