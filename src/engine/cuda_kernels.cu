@@ -220,6 +220,12 @@ static __device__ __forceinline__ int att_splits(int n) {
   return S < MS__CUDA_ATT_SPLITS ? S : MS__CUDA_ATT_SPLITS;
 }
 
+/* The end of the range that starts at lo, ranges len positions long, of
+ * n positions. */
+static __device__ __forceinline__ int att_end(int lo, int len, int n) {
+  return lo + len < n ? lo + len : n;
+}
+
 /* One range's part of a (row, head): the largest score m, the sum of the
  * weights exp(score - m) and the values weighted by them. */
 typedef struct att_part {
@@ -410,7 +416,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
   float kc0[CH][PL] = {}, vc0[CH][PL] = {};
   int pre = 0;
   if (z0 < S) {
-    int lo = z0 * len, hi = lo + len < n ? lo + len : n, s0 = lo + warp * CH;
+    int lo = z0 * len, hi = att_end(lo, len, n), s0 = lo + warp * CH;
     att_bases<CH>(table, s0, hi, bt, kvd, ghd, base0);
     /* Positions before the newest were stored by earlier passes when
      * past_ready: this warp's first ones are loaded before the wait. */
@@ -431,7 +437,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
   }
   int ready = 1; /* base0, kc0, vc0 and pre hold range z's first chunk */
   for (int z = z0; z < z1 && z < S; z++) {
-    int lo = z * len, hi = lo + len < n ? lo + len : n;
+    int lo = z * len, hi = att_end(lo, len, n);
     if (!ready)
       att_bases<CH>(table, lo + warp * CH, hi, bt, kvd, ghd, base0);
     /* One block taking the ranges in turn: the next one's first keys
@@ -439,7 +445,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     int nlo = 0, nhi = 0, npre = 0;
     if (!SPREAD && z + 1 < S) {
       nlo = hi;
-      nhi = nlo + len < n ? nlo + len : n;
+      nhi = att_end(nlo, len, n);
     }
     /* Spread: the part goes straight into the cluster's first block. */
     att_part_t *dst = &parts[z];
