@@ -104,6 +104,24 @@ static int pdl_enabled(void) {
   return on;
 }
 
+/* Asks, once per kernel, for the largest shared memory carve-out: every
+ * kernel then wants the same split of a multiprocessor's L1 and shared
+ * memory, so a kernel that follows another on a multiprocessor (as
+ * programmatic dependents do) never waits for it to drain to change the
+ * split. */
+static void prefer_smem(const void *kernel) {
+  static const void *seen[64];
+  static int nseen = 0;
+  for (int i = 0; i < nseen; i++)
+    if (seen[i] == kernel)
+      return;
+  if (nseen < 64)
+    seen[nseen++] = kernel;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                       (int)cudaSharedmemCarveoutMaxShared);
+  cudaGetLastError(); /* a hint: a GPU that refuses it runs as before */
+}
+
 /* Launches kernel with smem bytes of dynamic shared memory, in clusters
  * of cluster_z blocks along z (0: no clusters), as a programmatic
  * dependent of the kernel before when pdl_enabled. */
@@ -129,6 +147,7 @@ static cudaError_t launch_ex(void (*kernel)(K...), dim3 grid, dim3 block, size_t
   }
   cfg.attrs = attr;
   cfg.numAttrs = n;
+  prefer_smem((const void *)kernel);
   return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
 }
 
@@ -651,12 +670,12 @@ static __device__ __forceinline__ int gemv_row(const gemv_args_t &a, int n, int 
 }
 
 /* What a thread's epilogue reads besides the dot products: for the q/k/v
- * kernel the pair's biases, the row's position and slot (weights and
- * host-made tables: read before pdl_wait), for an accumulating launch the
- * values added to (read just after it). */
+ * kernel the pair's biases, its rotation at the row's position and the
+ * row's slot (from weights and host-made tables: made before pdl_wait),
+ * for an accumulating launch the values added to (read just after it). */
 typedef struct gemv_pre {
   float b0, b1;
-  int pos;
+  float cs, sn; /* the pair's RoPE rotation (q and k) */
   int64_t slot;
   float res[GEMV_R];
 } gemv_pre_t;
@@ -668,8 +687,12 @@ static __device__ __forceinline__ void gemv_rope_pre(const gemv_args_t &a, int s
   const uint16_t *b = sg == 0 ? p.bq : sg == 1 ? p.bk : p.bv;
   pre->b0 = b ? bf2f(b[rr0]) : 0.0f;
   pre->b1 = b ? bf2f(b[rr1]) : 0.0f;
-  pre->pos = p.pos[t];
   pre->slot = p.slot[t];
+  if (sg != 2) {
+    int i = rr0 % p.hd;
+    float ang = (float)p.pos[t] * powf(p.theta, -2.0f * (float)i / (float)p.hd);
+    sincosf(ang, &pre->sn, &pre->cs);
+  }
 }
 
 /* Bias, RoPE and the KV store of one pair (rows rr0 and rr1 of segment
@@ -689,9 +712,7 @@ static __device__ void gemv_rope_out(const gemv_args_t &a, int sg, int rr0, int 
   }
   y0 += pre.b0;
   y1 += pre.b1;
-  int i = rr0 % p.hd;
-  float ang = (float)pre.pos * powf(p.theta, -2.0f * (float)i / (float)p.hd), sn, cs;
-  sincosf(ang, &sn, &cs);
+  float cs = pre.cs, sn = pre.sn;
   float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;
   if (sg == 0) {
     float *q = a.seg[0].y + (size_t)t * a.seg[0].rows;
