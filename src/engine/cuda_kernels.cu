@@ -670,12 +670,12 @@ static __device__ __forceinline__ int gemv_row(const gemv_args_t &a, int n, int 
 }
 
 /* What a thread's epilogue reads besides the dot products: for the q/k/v
- * kernel the pair's biases, its rotation at the row's position and the
- * row's slot (from weights and host-made tables: made before pdl_wait),
- * for an accumulating launch the values added to (read just after it). */
+ * kernel the pair's biases, the row's position and slot (weights and
+ * host-made tables: read before pdl_wait), for an accumulating launch the
+ * values added to (read just after it). */
 typedef struct gemv_pre {
   float b0, b1;
-  float cs, sn; /* the pair's RoPE rotation (q and k) */
+  int pos;
   int64_t slot;
   float res[GEMV_R];
 } gemv_pre_t;
@@ -687,12 +687,8 @@ static __device__ __forceinline__ void gemv_rope_pre(const gemv_args_t &a, int s
   const uint16_t *b = sg == 0 ? p.bq : sg == 1 ? p.bk : p.bv;
   pre->b0 = b ? bf2f(b[rr0]) : 0.0f;
   pre->b1 = b ? bf2f(b[rr1]) : 0.0f;
+  pre->pos = p.pos[t];
   pre->slot = p.slot[t];
-  if (sg != 2) {
-    int i = rr0 % p.hd;
-    float ang = (float)p.pos[t] * powf(p.theta, -2.0f * (float)i / (float)p.hd);
-    sincosf(ang, &pre->sn, &pre->cs);
-  }
 }
 
 /* Bias, RoPE and the KV store of one pair (rows rr0 and rr1 of segment
@@ -712,7 +708,9 @@ static __device__ void gemv_rope_out(const gemv_args_t &a, int sg, int rr0, int 
   }
   y0 += pre.b0;
   y1 += pre.b1;
-  float cs = pre.cs, sn = pre.sn;
+  int i = rr0 % p.hd;
+  float ang = (float)pre.pos * powf(p.theta, -2.0f * (float)i / (float)p.hd), sn, cs;
+  sincosf(ang, &sn, &cs);
   float r0 = y0 * cs - y1 * sn, r1 = y0 * sn + y1 * cs;
   if (sg == 0) {
     float *q = a.seg[0].y + (size_t)t * a.seg[0].rows;
