@@ -104,29 +104,19 @@ static int pdl_enabled(void) {
   return on;
 }
 
-/* Asks, once per kernel and device, for the largest shared memory
- * carve-out: every kernel then wants the same split of a multiprocessor's
- * L1 and shared memory, so a kernel that follows another on a
- * multiprocessor (as programmatic dependents do) never waits for it to
- * drain to change the split. */
+/* Asks, once per kernel, for the largest shared memory carve-out: every
+ * kernel then wants the same split of a multiprocessor's L1 and shared
+ * memory, so a kernel that follows another on a multiprocessor (as
+ * programmatic dependents do) never waits for it to drain to change the
+ * split. */
 static void prefer_smem(const void *kernel) {
-  static struct {
-    const void *kernel;
-    int dev;
-  } seen[64];
+  static const void *seen[64];
   static int nseen = 0;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return;
-  }
   for (int i = 0; i < nseen; i++)
-    if (seen[i].kernel == kernel && seen[i].dev == dev)
+    if (seen[i] == kernel)
       return;
-  if (nseen < 64) {
-    seen[nseen].kernel = kernel;
-    seen[nseen++].dev = dev;
-  }
+  if (nseen < 64)
+    seen[nseen++] = kernel;
   cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                        (int)cudaSharedmemCarveoutMaxShared);
   cudaGetLastError(); /* a hint: a GPU that refuses it runs as before */
