@@ -104,19 +104,32 @@ static int pdl_enabled(void) {
   return on;
 }
 
-/* Asks, once per kernel, for the largest shared memory carve-out: every
- * kernel then wants the same split of a multiprocessor's L1 and shared
- * memory, so a kernel that follows another on a multiprocessor (as
- * programmatic dependents do) never waits for it to drain to change the
- * split. */
+/* Asks, once per kernel and device (a function's attributes are the
+ * device's), for the largest shared memory carve-out: every kernel then
+ * wants the same split of a multiprocessor's L1 and shared memory, so a
+ * kernel that follows another on a multiprocessor (as programmatic
+ * dependents do) never waits for it to drain to change the split. asked[i]
+ * holds a bit per device (devices past 63, and kernels past the table's
+ * 64, ask at every launch). */
 static void prefer_smem(const void *kernel) {
   static const void *seen[64];
+  static unsigned long long asked[64];
   static int nseen = 0;
-  for (int i = 0; i < nseen; i++)
-    if (seen[i] == kernel)
-      return;
-  if (nseen < 64)
+  int dev = 0, i = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  while (i < nseen && seen[i] != kernel)
+    i++;
+  if (i == nseen && nseen < 64)
     seen[nseen++] = kernel;
+  unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0;
+  if (i < 64) {
+    if (asked[i] & bit)
+      return;
+    asked[i] |= bit;
+  }
   cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                        (int)cudaSharedmemCarveoutMaxShared);
   cudaGetLastError(); /* a hint: a GPU that refuses it runs as before */
